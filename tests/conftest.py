@@ -1,0 +1,33 @@
+"""Shared test helpers. Multi-process tests carry the ``multiprocess`` marker (``-m "not multiprocess"``
+skips them); they launch torchrun workers from tests/dist/ with DS_ACCELERATOR=cpu and gloo."""
+
+import os
+import socket
+import subprocess
+import sys
+
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+
+def pytest_configure(config):
+    config.addinivalue_line("markers", "multiprocess: launches several torchrun processes (ZeRO-3 on CPU/gloo)")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def run_torchrun(script: str, nproc: int, args: list[str], *, timeout: int = 600) -> subprocess.CompletedProcess:
+    """Run ``tests/dist/<script>`` on ``nproc`` CPU processes; fail the test with the output tail on error."""
+    env = dict(os.environ, DS_ACCELERATOR="cpu", OMP_NUM_THREADS="1", PYTHONPATH=ROOT, TOKENIZERS_PARALLELISM="false")
+    cmd = [sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={nproc}",
+           f"--master_port={free_port()}", os.path.join(ROOT, "tests", "dist", script), *args]
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout)
+    if proc.returncode != 0:
+        pytest.fail(f"{' '.join(cmd)} failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-6000:]}")
+    return proc
