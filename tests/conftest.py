@@ -12,9 +12,6 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 
-def pytest_configure(config):
-    config.addinivalue_line("markers", "multiprocess: launches several torchrun processes (ZeRO-3 on CPU/gloo)")
-
 
 def free_port() -> int:
     with socket.socket() as s:

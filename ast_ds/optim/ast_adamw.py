@@ -37,6 +37,17 @@ class MaskStore(Protocol):
         """Recompute the keep-masks of ``param``'s runs from its current values (may be collective)."""
 
 
+def decay_term(param: torch.Tensor, keep: torch.Tensor, lam: float) -> torch.Tensor:
+    """λ·(¬m ⊙ W): the pull toward zero on pruned positions only (``keep`` is a bool keep-mask)."""
+    if keep.dtype != torch.bool:
+        # ~ on an int mask is bitwise NOT (~1 = -2, ~0 = -1): it turns the decay into growth of every
+        # weight (the authors' GPT-2 code). Refuse rather than convert silently.
+        raise TypeError(f"keep masks must be torch.bool, got {keep.dtype}")
+    # A multiply by the bool mask is ~3x faster than masked_fill on CPU; kept positions become ±0, and
+    # u + (±0) == u, so the update is the same bit for bit.
+    return torch.mul(param, ~keep).mul_(lam)
+
+
 def adamw_update_(param: torch.Tensor, grad: torch.Tensor, exp_avg: torch.Tensor, exp_avg_sq: torch.Tensor, *,
                   step: int, lr: float, beta1: float, beta2: float, eps: float, weight_decay: float,
                   keep: torch.Tensor | None = None, lam: float = 0.0) -> None:
@@ -44,18 +55,23 @@ def adamw_update_(param: torch.Tensor, grad: torch.Tensor, exp_avg: torch.Tensor
     with decay ``lam·(¬keep ⊙ param)``; ``lam=0`` still builds v from the first moment (eq. 22)."""
     if weight_decay:
         param.mul_(1.0 - lr * weight_decay)
-    exp_avg.mul_(beta1).add_(grad * (1.0 - beta1))
+    # One scratch tensor serves every temporary: large CPU allocations cost page faults each step.
+    tmp = torch.mul(grad, 1.0 - beta1)
+    exp_avg.mul_(beta1).add_(tmp)
     if keep is None:
-        second = grad
-        u = exp_avg
-    else:
-        u = exp_avg + param.masked_fill(keep, 0.0) * lam if lam else exp_avg
+        second, u = grad, exp_avg
+    elif lam:
+        u = decay_term(param, keep, lam).add_(exp_avg)  # λ(¬m⊙W) + u == u + λ(¬m⊙W) bit for bit
         second = u
-    exp_avg_sq.mul_(beta2).add_(second * second * (1.0 - beta2))
+    else:
+        second = u = exp_avg
+    torch.mul(second, second, out=tmp).mul_(1.0 - beta2)
+    exp_avg_sq.mul_(beta2).add_(tmp)
     bias1 = 1.0 - beta1 ** step
     bias2 = 1.0 - beta2 ** step
-    denom = (exp_avg_sq / bias2).sqrt_().add_(eps)
-    param.sub_(u / denom * (lr / bias1))
+    torch.div(exp_avg_sq, bias2, out=tmp).sqrt_().add_(eps)
+    torch.div(u, tmp, out=tmp).mul_(lr / bias1)
+    param.sub_(tmp)
 
 
 def _split_runs(numel: int, runs: Sequence[tuple[int, int, torch.Tensor]]):

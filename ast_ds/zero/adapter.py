@@ -19,7 +19,7 @@ This adapter:
   straddles a partition boundary is completed with one ``all_gather`` per sub-group of the first and
   last M−1 valid elements of every target slice (only when some partition size is not a multiple of
   M, which depends on the layout only, so every rank makes the same call);
-* after DeepSpeed copies fp32 -> working partitions, zeroes the pruned positions there (``+0.0``), and
+* after DeepSpeed copies fp32 -> working partitions, zeroes the pruned positions there, and
   does the same once in :meth:`bind`, before the first forward. The forward therefore gathers the
   exact N:M model while the fp32 master stays dense.
 
@@ -251,7 +251,9 @@ class ShardedMasks:
             for s in sg.segments:
                 if s.length:
                     working = s.param.ds_tensor.data.view(-1).narrow(0, 0, s.length)
-                    working.masked_fill_(~keep[pos: pos + s.length].to(working.device), 0.0)
+                    # multiply, not masked_fill (3x faster on CPU); pruned positions of negative weights
+                    # become -0.0, which the forward treats as 0 (consolidation writes +0.0)
+                    working.mul_(keep[pos: pos + s.length].to(working.device))
                 pos += s.length
         self._scratch = None
 
