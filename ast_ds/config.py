@@ -1,0 +1,268 @@
+"""The typed training configuration: one tree of dataclasses, validated at start.
+
+Sources, later wins: a named recipe (``ast_ds.recipes``), a YAML/JSON file, command-line overrides of
+any field (``--optim.lr 1e-4``, ``--sparsity.pattern 4:8``). The resolved config is written to the run
+folder. Components take only their own section, never the whole tree.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from dataclasses import dataclass, field
+from typing import Any
+
+from ast_ds.sparsity.nm_mask import parse_nm
+
+LLAMA_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+
+
+@dataclass(kw_only=True)
+class ModelConfig:
+    path: str = ""
+    """Hugging Face folder of the dense model the student starts from."""
+    teacher_path: str = ""
+    """Folder of the frozen dense teacher (default: ``path``)."""
+
+
+@dataclass(kw_only=True)
+class SparsityConfig:
+    pattern: str = "2:4"
+    """N:M pattern; M must divide the input dimension of every target linear."""
+    targets: list[str] = field(default_factory=lambda: list(LLAMA_TARGETS))
+    """Module names (last component) of the linears inside the blocks that become N:M."""
+    lam_max: float = 6e-5
+    """Peak SR-STE decay λ_max."""
+    ramp_fraction: float = 0.25
+    """T0 / T1: λ ramps linearly over this fraction of training, then stays (0 = static SR-STE)."""
+    mask_interval: int = 10
+    """Δt: refresh the magnitude mask every this many optimizer steps (0 = fixed mask)."""
+    track_initial: bool = True
+    """Keep the initial mask (1 bit per local weight) to report the initial flip rate."""
+
+
+@dataclass(kw_only=True)
+class DistillConfig:
+    alpha: float = 1 / 3
+    """Weight of KL(teacher‖student); 1−alpha weighs cross-entropy. 0 disables the teacher."""
+    temperature: float = 1.0
+    """Softmax temperature of the KL term (its gradient is scaled by T², as usual)."""
+    chunk_tokens: int = 2048
+    """Tokens per chunk of the loss: fp32 log-softmax is only ever built for this many rows."""
+
+
+@dataclass(kw_only=True)
+class OptimConfig:
+    lr: float = 2e-5
+    betas: list[float] = field(default_factory=lambda: [0.9, 0.95])
+    eps: float = 1e-8
+    weight_decay: float = 0.0
+    warmup_steps: int = 500
+    min_lr_ratio: float = 0.1
+    """Cosine decays the learning rate to lr * min_lr_ratio at the last step."""
+    grad_clip: float = 1.0
+
+
+@dataclass(kw_only=True)
+class DataConfig:
+    data_dir: str = ""
+    """Output folder of data_prep/prepare.py (manifest.json + <domain>/{train,eval} MDS shards)."""
+    remote: str = ""
+    """Optional remote root (s3://, gs://, ...) with the same layout; data_dir is then the local cache."""
+    domains: list[str] = field(default_factory=list)
+    """Domains to train on (default: every domain in the manifest)."""
+    weights: dict[str, float] = field(default_factory=dict)
+    """Initial domain weights (default: uniform)."""
+    weights_mode: str = "constant"
+    """constant | dynamic (Sheared-LLaMA dynamic batch loading)."""
+    update_every: int = 100
+    """K: dynamic weights (and per-domain eval losses) every K steps."""
+    eta: float = 1.0
+    smoothing: float = 1e-4
+    ref_losses: dict[str, float] = field(default_factory=dict)
+    """Per-domain reference losses (default: measured once from the teacher and cached in the run folder)."""
+
+
+@dataclass(kw_only=True)
+class TrainConfig:
+    mode: str = "ast"
+    """ast (N:M sparse retraining with the teacher) | dense (no sparsity, no teacher)."""
+    out_dir: str = "runs/default"
+    total_steps: int = 15_000
+    micro_batch: int = 4
+    """Sequences per GPU per forward."""
+    global_batch: int = 128
+    """Sequences per optimizer step; gradient accumulation = global_batch / (micro_batch * world size)."""
+    precision: str = "bf16"
+    """bf16 | fp32 (fills ds_config's bf16.enabled when it is "auto")."""
+    seed: int = 0
+    log_every: int = 10
+    eval_every: int = 500
+    """Per-domain eval loss every this many steps (0 = never; dynamic weights use update_every)."""
+    eval_batches: int = 8
+    """Micro-batches per domain and rank for each evaluation."""
+    save_every: int = 1000
+    keep_last: int = 3
+    model: ModelConfig = field(default_factory=ModelConfig)
+    sparsity: SparsityConfig = field(default_factory=SparsityConfig)
+    distill: DistillConfig = field(default_factory=DistillConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+
+    # ------------------------------------------------------------------ validation
+    def validate(self, world_size: int = 1) -> "TrainConfig":
+        """Raise ``ValueError`` naming the field and the fix; return self."""
+
+        def need(cond, name, msg):
+            if not cond:
+                raise ValueError(f"config field {name}: {msg}")
+
+        need(self.mode in ("ast", "dense"), "mode", f"{self.mode!r} is not one of ast, dense")
+        need(self.precision in ("bf16", "fp32"), "precision", f"{self.precision!r} is not one of bf16, fp32")
+        need(self.total_steps > 0, "total_steps", "must be > 0")
+        need(self.micro_batch > 0, "micro_batch", "must be > 0")
+        need(self.global_batch % (self.micro_batch * world_size) == 0, "global_batch",
+             f"{self.global_batch} is not a multiple of micro_batch ({self.micro_batch}) x world size ({world_size}); "
+             f"set --global_batch to e.g. {self.micro_batch * world_size * max(1, self.global_batch // (self.micro_batch * world_size))}")
+        need(bool(self.model.path), "model.path", "set --model.path to a Hugging Face model folder")
+        need(os.path.isdir(self.model.path), "model.path", f"{self.model.path!r} is not a folder")
+        if self.model.teacher_path:
+            need(os.path.isdir(self.model.teacher_path), "model.teacher_path", f"{self.model.teacher_path!r} is not a folder")
+        need(bool(self.data.data_dir), "data.data_dir", "set --data.data_dir to the output of data_prep/prepare.py")
+        need(self.data.weights_mode in ("constant", "dynamic"), "data.weights_mode",
+             f"{self.data.weights_mode!r} is not one of constant, dynamic")
+        need(self.data.update_every > 0, "data.update_every", "must be > 0")
+        need(all(w >= 0 for w in self.data.weights.values()), "data.weights", "weights must be >= 0")
+        parse_nm(self.sparsity.pattern)  # raises with the expected form
+        need(self.sparsity.lam_max >= 0, "sparsity.lam_max", "must be >= 0")
+        need(0 <= self.sparsity.ramp_fraction <= 1, "sparsity.ramp_fraction", "must lie in [0, 1] (0 = static SR-STE)")
+        need(self.sparsity.mask_interval >= 0, "sparsity.mask_interval", "must be >= 0 (0 = fixed mask)")
+        need(bool(self.sparsity.targets), "sparsity.targets", "name at least one linear (e.g. q_proj)")
+        need(0 <= self.distill.alpha <= 1, "distill.alpha", "must lie in [0, 1]")
+        need(self.distill.temperature > 0, "distill.temperature", "must be > 0")
+        need(self.distill.chunk_tokens > 0, "distill.chunk_tokens", "must be > 0")
+        need(self.optim.lr > 0, "optim.lr", "must be > 0")
+        need(len(self.optim.betas) == 2 and all(0 <= b < 1 for b in self.optim.betas), "optim.betas",
+             "two values in [0, 1), e.g. [0.9, 0.95]")
+        need(0 <= self.optim.min_lr_ratio <= 1, "optim.min_lr_ratio", "must lie in [0, 1]")
+        need(self.optim.warmup_steps >= 0, "optim.warmup_steps", "must be >= 0")
+        need(self.optim.grad_clip >= 0, "optim.grad_clip", "must be >= 0 (0 = no clipping)")
+        need(self.save_every >= 0 and self.keep_last >= 1, "save_every/keep_last",
+             "save_every >= 0 (0 = only at the end), keep_last >= 1")
+        need(self.log_every > 0, "log_every", "must be > 0")
+        return self
+
+    def grad_accum(self, world_size: int) -> int:
+        return self.global_batch // (self.micro_batch * world_size)
+
+    @property
+    def teacher_path(self) -> str:
+        return self.model.teacher_path or self.model.path
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+# ---------------------------------------------------------------------- building from sources
+def _field_types(cls) -> dict[str, Any]:
+    return {f.name: f for f in dataclasses.fields(cls)}
+
+
+def apply_overrides(cfg, values: dict[str, Any], *, source: str) -> None:
+    """Set dotted keys (``optim.lr``) or nested dicts on ``cfg`` in place, checking names and types."""
+    for key, value in values.items():
+        obj, parts = cfg, key.split(".")
+        for part in parts[:-1]:
+            if not dataclasses.is_dataclass(obj) or part not in _field_types(type(obj)):
+                raise ValueError(f"{source}: unknown config section {key!r}")
+            obj = getattr(obj, part)
+        name = parts[-1]
+        fields = _field_types(type(obj)) if dataclasses.is_dataclass(obj) else {}
+        if name not in fields:
+            known = ", ".join(sorted(fields))
+            raise ValueError(f"{source}: unknown config field {key!r} (fields here: {known})")
+        current = getattr(obj, name)
+        if dataclasses.is_dataclass(current):
+            if not isinstance(value, dict):
+                raise ValueError(f"{source}: {key} is a section; give a mapping")
+            apply_overrides(current, value, source=f"{source}[{key}]")
+            continue
+        setattr(obj, name, _coerce(value, current, key, source))
+
+
+def _coerce(value, current, key, source):
+    if isinstance(current, bool):
+        if isinstance(value, bool):
+            return value
+    elif isinstance(current, int):
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        if isinstance(value, float) and value.is_integer():
+            return int(value)
+    elif isinstance(current, float):
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+    elif isinstance(current, str):
+        if isinstance(value, str):
+            return value
+        if isinstance(value, (int, float)):
+            return str(value)
+    elif isinstance(current, list):
+        if isinstance(value, list):
+            return value
+        if isinstance(value, str):
+            return [v for v in value.split(",") if v]
+    elif isinstance(current, dict):
+        if isinstance(value, dict):
+            return value
+    raise ValueError(f"{source}: {key}={value!r} has the wrong type; expected {type(current).__name__} "
+                     f"(like {current!r})")
+
+
+def load_file(path: str) -> dict:
+    """A YAML or JSON config file as a (nested) dict."""
+    if not os.path.isfile(path):
+        raise ValueError(f"config file {path!r} does not exist")
+    with open(path) as f:
+        text = f.read()
+    if path.endswith(".json"):
+        data = json.loads(text)
+    else:
+        import yaml
+
+        data = yaml.safe_load(text)
+    if not isinstance(data, dict):
+        raise ValueError(f"config file {path}: expected a mapping at the top level")
+    return data
+
+
+def add_override_arguments(parser, cls=TrainConfig, prefix: str = "") -> None:
+    """One ``--section.field`` flag per config field (values parsed as YAML scalars/lists)."""
+    for f in dataclasses.fields(cls):
+        name = prefix + f.name
+        default = f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
+        if dataclasses.is_dataclass(default):
+            add_override_arguments(parser, type(default), prefix=name + ".")
+            continue
+        parser.add_argument(f"--{name}", dest=f"override:{name}", default=None, metavar="VALUE",
+                            help=f"(default from the recipe; type {type(default).__name__})")
+
+
+def overrides_from_args(args) -> dict[str, Any]:
+    import yaml
+
+    out = {}
+    for key, value in vars(args).items():
+        if key.startswith("override:") and value is not None:
+            parsed = yaml.safe_load(value)
+            out[key[len("override:"):]] = value if parsed is None else parsed
+    return out
+
+
+def save_resolved(cfg: TrainConfig, ds_config: dict, path: str) -> None:
+    """Write the resolved config (and DeepSpeed config) atomically."""
+    tmp = path + ".tmp"
+    with open(tmp, "w") as f:
+        json.dump({"train": cfg.to_dict(), "deepspeed": ds_config}, f, indent=2)
+    os.replace(tmp, path)

@@ -1,0 +1,102 @@
+"""The distillation loss, chunked over tokens: L = α·T²·KL(p_teacher^T ‖ p_student^T) + (1−α)·CE.
+
+Full B×T×V fp32 logits are the largest activation of a LLaMA step (V = 32000). The loss below never
+builds more than ``chunk_tokens`` rows of fp32 softmax at a time: a custom autograd function computes
+loss *and* the gradient w.r.t. the student logits chunk by chunk in the forward, keeps that gradient
+(in the logits' dtype) for the backward, and frees the fp32 temporaries as it goes.
+
+Token weighting: every position with a label (the next token; the last position of each row has
+none) counts once; KL and CE are both means over those positions.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+
+class _ChunkedDistill(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, student, teacher, labels, alpha: float, temperature: float, chunk: int):
+        n = labels.numel()
+        valid = labels >= 0
+        count = valid.sum().clamp(min=1).to(torch.float64)
+        grad = torch.empty_like(student)
+        kl_sum = torch.zeros((), dtype=torch.float64, device=student.device)
+        ce_sum = torch.zeros((), dtype=torch.float64, device=student.device)
+        for lo in range(0, n, chunk):
+            hi = min(n, lo + chunk)
+            s = student[lo:hi].float()
+            w = valid[lo:hi].unsqueeze(1).float()
+            g = torch.zeros_like(s)
+            log_p = F.log_softmax(s, dim=-1)  # CE is always reported, even when it has no weight
+            y = labels[lo:hi].clamp(min=0)
+            ce_sum += -(log_p.gather(1, y.unsqueeze(1)) * w).sum().double()
+            if alpha < 1.0:
+                p = log_p.exp_()
+                p.scatter_add_(1, y.unsqueeze(1), torch.full_like(w, -1.0))  # softmax − onehot
+                g.add_(p.mul_(w), alpha=(1.0 - alpha))
+                del p
+            del log_p
+            if alpha > 0.0:
+                log_ps = F.log_softmax(s / temperature, dim=-1)
+                log_pt = F.log_softmax(teacher[lo:hi].float() / temperature, dim=-1)
+                p_t = log_pt.exp()
+                kl_sum += ((p_t * (log_pt - log_ps)).sum(1, keepdim=True) * w).sum().double()
+                # d/ds T²·KL = T·(softmax(s/T) − p_t)
+                g.add_(log_ps.exp_().sub_(p_t).mul_(w), alpha=alpha * temperature)
+                del log_ps, log_pt, p_t
+            grad[lo:hi] = (g / count.float()).to(grad.dtype)
+            del s, g
+        kl = kl_sum / count * temperature ** 2
+        ce = ce_sum / count
+        loss = (alpha * kl + (1.0 - alpha) * ce).float()
+        ctx.save_for_backward(grad)
+        ctx.mark_non_differentiable(kl, ce)
+        return loss, kl.float(), ce.float()
+
+    @staticmethod
+    def backward(ctx, grad_loss, _gkl, _gce):
+        (grad,) = ctx.saved_tensors
+        return grad * grad_loss.to(grad.dtype), None, None, None, None, None
+
+
+def shift_labels(input_ids: torch.Tensor, ignore_index: int = -100) -> torch.Tensor:
+    """Next-token labels for causal LM rows: position t predicts input t+1; the last has none."""
+    labels = torch.full_like(input_ids, ignore_index)
+    labels[:, :-1] = input_ids[:, 1:]
+    return labels
+
+
+def distill_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor | None, labels: torch.Tensor, *,
+                 alpha: float, temperature: float = 1.0, chunk_tokens: int = 2048):
+    """``(loss, kl, ce)``; logits ``[B, T, V]``, labels ``[B, T]`` (negative = ignored).
+
+    ``teacher_logits=None`` requires ``alpha=0`` (plain cross-entropy, the dense mode and the no-KD
+    ablation). Only ``loss`` carries a gradient.
+    """
+    if teacher_logits is None and alpha > 0:
+        raise ValueError("distill_loss: alpha > 0 needs teacher logits (set distill.alpha=0 for no distillation)")
+    vocab = student_logits.shape[-1]
+    s = student_logits.reshape(-1, vocab)
+    t = teacher_logits.reshape(-1, vocab) if teacher_logits is not None else s.detach()
+    if t.shape != s.shape:
+        raise ValueError(f"teacher logits {tuple(teacher_logits.shape)} do not match the student's "
+                         f"{tuple(student_logits.shape)}: teacher and student need the same vocabulary")
+    return _ChunkedDistill.apply(s, t, labels.reshape(-1), float(alpha), float(temperature), int(chunk_tokens))
+
+
+def naive_distill_loss(student_logits, teacher_logits, labels, *, alpha: float, temperature: float = 1.0):
+    """The textbook full-logits version (autograd through full fp32 tensors): reference and benchmark."""
+    vocab = student_logits.shape[-1]
+    s = student_logits.reshape(-1, vocab).float()
+    y = labels.reshape(-1)
+    valid = y >= 0
+    ce = F.cross_entropy(s[valid], y[valid])
+    if teacher_logits is None:
+        return (1 - alpha) * ce, torch.zeros(()), ce
+    t = teacher_logits.reshape(-1, vocab).float()
+    log_ps = F.log_softmax(s[valid] / temperature, dim=-1)
+    log_pt = F.log_softmax(t[valid] / temperature, dim=-1)
+    kl = F.kl_div(log_ps, log_pt, log_target=True, reduction="batchmean") * temperature ** 2
+    return alpha * kl + (1 - alpha) * ce, kl, ce

@@ -1,0 +1,70 @@
+"""Named recipes: functions returning a :class:`TrainConfig`. Variants derive by calling and editing."""
+
+from __future__ import annotations
+
+from ast_ds.config import TrainConfig
+
+# Sheared-LLaMA / AST LLaMA-2-7B initial RedPajama proportions (reference/sheared_llama_data.md).
+REDPAJAMA_WEIGHTS = {"cc": 0.67, "github": 0.045, "book": 0.045, "stackexchange": 0.02, "wiki": 0.045,
+                     "arxiv": 0.025, "c4-rp": 0.15}
+
+
+def llama2_7b() -> TrainConfig:
+    """AST on LLaMA-2-7B, the paper's appendix Table 8: lr 2e-5, λ_max 6e-5, Δt 10, α 1/3, T0 = T1/4,
+    seq 4096 (set at data prep), global batch 128, 15k steps (~7.9B tokens)."""
+    cfg = TrainConfig(mode="ast", total_steps=15_000, micro_batch=4, global_batch=128, precision="bf16",
+                      log_every=10, eval_every=500, save_every=500, keep_last=3)
+    cfg.sparsity.lam_max, cfg.sparsity.ramp_fraction, cfg.sparsity.mask_interval = 6e-5, 0.25, 10
+    cfg.distill.alpha, cfg.distill.temperature, cfg.distill.chunk_tokens = 1 / 3, 1.0, 4096
+    cfg.optim.lr, cfg.optim.warmup_steps, cfg.optim.min_lr_ratio, cfg.optim.grad_clip = 2e-5, 500, 0.1, 1.0
+    cfg.data.weights = dict(REDPAJAMA_WEIGHTS)
+    cfg.data.weights_mode, cfg.data.update_every = "dynamic", 100
+    return cfg
+
+
+def llama2_13b() -> TrainConfig:
+    """As llama2_7b, with a smaller micro batch for 13B activations."""
+    cfg = llama2_7b()
+    cfg.micro_batch = 2
+    return cfg
+
+
+def opt() -> TrainConfig:
+    """GPT-2/OPT scale (125M–1.3B; nn.Linear targets of OPT): the authors' small-model settings,
+    lr 2e-4 → 2e-5, λ_max 1e-4, T0 = T1/4, α 2/3 with T = 2, 40k steps of 128 × 1024 tokens."""
+    cfg = TrainConfig(mode="ast", total_steps=40_000, micro_batch=8, global_batch=128, precision="bf16",
+                      eval_every=1000, save_every=2000)
+    cfg.sparsity.targets = ["q_proj", "k_proj", "v_proj", "out_proj", "fc1", "fc2"]
+    cfg.sparsity.lam_max = 1e-4
+    cfg.distill.alpha, cfg.distill.temperature = 2 / 3, 2.0
+    cfg.optim.lr, cfg.optim.warmup_steps, cfg.optim.weight_decay = 2e-4, 2000, 0.1
+    return cfg
+
+
+def demo() -> TrainConfig:
+    """The embedded demo's AST 2:4 retraining of a tiny LLaMA on CPU (2 processes, fp32)."""
+    cfg = TrainConfig(mode="ast", out_dir="runs/demo/ast", total_steps=300, micro_batch=8, global_batch=16,
+                      precision="fp32", log_every=10, eval_every=50, eval_batches=4, save_every=100, keep_last=2)
+    cfg.sparsity.lam_max, cfg.sparsity.mask_interval = 2e-3, 10
+    cfg.distill.alpha, cfg.distill.chunk_tokens = 2 / 3, 1024
+    cfg.optim.lr, cfg.optim.warmup_steps, cfg.optim.min_lr_ratio = 1e-3, 20, 0.1
+    cfg.data.weights_mode, cfg.data.update_every = "dynamic", 50
+    return cfg
+
+
+def demo_dense() -> TrainConfig:
+    """Dense pretraining of the demo's teacher from random init."""
+    cfg = demo()
+    cfg.mode, cfg.out_dir, cfg.total_steps = "dense", "runs/demo/teacher", 400
+    cfg.optim.lr, cfg.optim.warmup_steps, cfg.optim.min_lr_ratio = 3e-3, 30, 0.1
+    cfg.data.weights_mode = "constant"
+    return cfg
+
+
+RECIPES = {"llama2_7b": llama2_7b, "llama2_13b": llama2_13b, "opt": opt, "demo": demo, "demo_dense": demo_dense}
+
+
+def get_recipe(name: str) -> TrainConfig:
+    if name not in RECIPES:
+        raise ValueError(f"unknown recipe {name!r}; choose one of {', '.join(RECIPES)}")
+    return RECIPES[name]()
