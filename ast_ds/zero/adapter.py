@@ -285,6 +285,21 @@ class ShardedMasks:
         self.counter.reset()
         return out
 
+    @torch.no_grad()
+    def measured_sparsity(self) -> float:
+        """Fraction of zeros in the working (forward) target weights, over all ranks (collective)."""
+        from deepspeed.accelerator import get_accelerator
+
+        counts = torch.zeros(2, dtype=torch.float64, device=get_accelerator().current_device_name())
+        for sg in self._by_index:
+            for s in sg.segments:
+                if s.length:
+                    working = s.param.ds_tensor.data.view(-1).narrow(0, 0, s.length)
+                    counts[0] += int((working == 0).sum())
+                    counts[1] += s.length
+        dist.all_reduce(counts)
+        return float(counts[0] / counts[1]) if counts[1] else 0.0
+
     def local_masks(self) -> dict[str, tuple[int, torch.Tensor]]:
         """``name -> (global_start, local keep slice)`` of this rank (for verification and tests)."""
         out = {}

@@ -1,0 +1,114 @@
+"""Sharded AST checkpoint -> Hugging Face folder whose target linears are exactly N:M.
+
+The fp32 masters come from DeepSpeed's ``zero_to_fp32`` stitching; the masks are the ones training
+used (each rank's bit-packed slices, stitched by the layout saved beside them), not recomputed, so the
+exported model is exactly the model the last forward saw, cast to ``dtype``. Pruned positions are
++0.0. Every group is checked; a partial or inconsistent checkpoint is refused.
+"""
+
+from __future__ import annotations
+
+import os
+
+import torch
+
+from ast_ds.checkpoint import COMPLETE, CheckpointError, complete_tags, read_meta
+from ast_ds.export import apply_mask, sparsity_report, write_hf_folder
+from ast_ds.sparsity.nm_mask import parse_nm, unpack_bits
+
+
+def resolve_tag_dir(checkpoint: str) -> str:
+    """A run folder, its ``checkpoints`` folder, or one tag folder -> the tag folder to export."""
+    path = checkpoint.rstrip("/")
+    if os.path.isdir(os.path.join(path, "checkpoints")):
+        path = os.path.join(path, "checkpoints")
+    if not os.path.isdir(path):
+        raise CheckpointError(f"--checkpoint {checkpoint}: no such folder")
+    if os.path.isfile(os.path.join(path, COMPLETE)):
+        return path
+    tags = complete_tags(path)
+    if not tags:
+        raise CheckpointError(f"--checkpoint {checkpoint}: no complete checkpoint (no tag with a {COMPLETE} marker; "
+                              f"a save that was interrupted is partial and cannot be exported)")
+    return os.path.join(path, tags[-1])
+
+
+def stitch_masks(rank_states: list[dict], numels: dict[str, int]) -> dict[str, torch.Tensor]:
+    """Full flat keep-masks from every rank's packed slices; each element must be covered exactly once."""
+    flat = {name: torch.zeros(numel, dtype=torch.bool) for name, numel in numels.items()}
+    covered = {name: torch.zeros(numel, dtype=torch.int32) for name, numel in numels.items()}
+    for r, state in enumerate(rank_states):
+        for layout, packed in zip(state["layout"], state["packed"]):
+            keep = unpack_bits(packed, sum(length for _, _, length in layout))
+            pos = 0
+            for name, start, length in layout:
+                if name not in flat:
+                    raise CheckpointError(f"rank {r} has a mask for {name}, which the checkpoint's weights lack")
+                flat[name][start:start + length] = keep[pos:pos + length]
+                covered[name][start:start + length] += 1
+                pos += length
+    for name, cov in covered.items():
+        if not torch.all(cov == 1):
+            raise CheckpointError(f"the saved masks cover {name} inconsistently ({int((cov == 0).sum())} elements "
+                                  f"missing, {int((cov > 1).sum())} twice): ranks' files are from different saves")
+    return flat
+
+
+def consolidate(checkpoint: str, out: str, *, dtype: str = "bf16", overwrite: bool = False) -> dict:
+    from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
+    from tqdm import tqdm
+
+    tag_dir = resolve_tag_dir(checkpoint)
+    root, tag = os.path.split(tag_dir)
+    run_dir = os.path.dirname(root)
+    meta = read_meta(tag_dir)
+    world = int(meta["world_size"])
+    rank_files = [os.path.join(tag_dir, f"trainer_rank{r:05d}.pt") for r in range(world)]
+    missing = [f for f in rank_files if not os.path.isfile(f)]
+    if missing:
+        raise CheckpointError(f"{tag_dir} is incomplete: missing {', '.join(os.path.basename(f) for f in missing)}")
+    meta_dir = os.path.join(run_dir, "hf_meta")
+    if not os.path.isfile(os.path.join(meta_dir, "config.json")):
+        raise CheckpointError(f"{meta_dir}/config.json is missing: the run folder of {tag_dir} is incomplete")
+    try:
+        state_dict = get_fp32_state_dict_from_zero_checkpoint(root, tag=tag)
+    except Exception as e:  # noqa: BLE001 - DeepSpeed raises assorted errors on damaged shards
+        raise CheckpointError(f"cannot assemble the fp32 weights of {tag_dir} ({type(e).__name__}: {e}); the "
+                              f"checkpoint is corrupted or partial") from None
+    state_dict = {k: v.float() for k, v in state_dict.items()}
+
+    report_extra = {"checkpoint": os.path.abspath(tag_dir), "step": meta.get("step"), "mode": meta.get("mode")}
+    targets = []
+    if meta.get("mode") == "ast":
+        n, m = parse_nm(meta["pattern"])
+        rank_states = []
+        for f in rank_files:
+            try:
+                rank_states.append(torch.load(f, map_location="cpu", weights_only=False)["sparsity"])
+            except Exception as e:  # noqa: BLE001
+                raise CheckpointError(f"cannot read {f} ({type(e).__name__}: {e}); the checkpoint is corrupted") \
+                    from None
+        names = sorted({name for st in rank_states for layout in st["layout"] for name, _, _ in layout})
+        unknown = [nm for nm in names if nm not in state_dict]
+        if unknown:
+            raise CheckpointError(f"masks name weights the checkpoint lacks: {unknown[:3]}")
+        masks = stitch_masks(rank_states, {nm: state_dict[nm].numel() for nm in names})
+        for name in tqdm(names, desc="apply N:M masks", unit="layer"):
+            keep = masks[name].view(state_dict[name].shape)
+            per_group = keep.view(-1, m).sum(1)
+            if not torch.all(per_group == n):
+                raise CheckpointError(f"saved mask of {name} does not keep exactly {n} of every {m}")
+            state_dict[name] = apply_mask(state_dict[name], keep)
+        targets = names
+    else:
+        n, m = parse_nm("2:4")
+    cast = {k: v.to({"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}[dtype])
+            for k, v in state_dict.items()}
+    report = sparsity_report(cast, targets, n=n, m=m) if targets else {"all_ok": True, "num_targets": 0,
+                                                                         "note": "dense checkpoint"}
+    report.update(report_extra)
+    if targets and not report["all_ok"]:
+        bad = [k for k, v in report["layers"].items() if not v["ok"]]
+        raise CheckpointError(f"N:M check failed after export for {bad[:3]}; nothing was written")
+    write_hf_folder(out, state_dict=cast, config_dir=meta_dir, dtype=dtype, report=report, overwrite=overwrite)
+    return report

@@ -1,0 +1,98 @@
+"""Perplexity of an exported Hugging Face model.
+
+* a text or jsonl file: documents joined by blank lines into one stream, tokenized once (BOS first),
+  cut into non-overlapping windows of ``seq_len`` tokens (the WikiText-2 protocol; a last partial
+  window is dropped), perplexity = exp(mean next-token NLL over every predicted token);
+* a prepared MDS folder (``manifest.json``): the eval split of every domain, per domain.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+
+import torch
+
+
+def read_documents(path: str, *, text_field: str = "text") -> list[str]:
+    if not os.path.isfile(path):
+        raise ValueError(f"--data {path!r} does not exist")
+    docs = []
+    if path.endswith((".jsonl", ".json")):
+        with open(path, encoding="utf-8") as f:
+            for lineno, line in enumerate(f, 1):
+                if not line.strip():
+                    continue
+                try:
+                    docs.append(json.loads(line)[text_field])
+                except (json.JSONDecodeError, KeyError, TypeError):
+                    raise ValueError(f"{path}:{lineno}: not a JSON object with a {text_field!r} field") from None
+    else:
+        with open(path, encoding="utf-8") as f:
+            docs = [f.read()]
+    if not any(d.strip() for d in docs):
+        raise ValueError(f"--data {path}: no text")
+    return docs
+
+
+def load_model(model_dir: str, device: str = "cpu"):
+    from transformers import AutoModelForCausalLM
+
+    from ast_ds.model import check_model_dir
+
+    check_model_dir(model_dir, what="--model")
+    model = AutoModelForCausalLM.from_pretrained(model_dir, torch_dtype=torch.float32)
+    return model.to(device).eval()
+
+
+@torch.no_grad()
+def windows_nll(model, windows: list[torch.Tensor], *, batch_size: int, device: str, desc: str) -> tuple[float, int]:
+    from tqdm import tqdm
+
+    total, count = 0.0, 0
+    for i in tqdm(range(0, len(windows), batch_size), desc=desc, unit="batch", leave=False):
+        ids = torch.stack(windows[i:i + batch_size]).to(device)
+        logits = model(input_ids=ids, use_cache=False).logits.float()
+        nll = torch.nn.functional.cross_entropy(logits[:, :-1].reshape(-1, logits.shape[-1]), ids[:, 1:].reshape(-1),
+                                                reduction="sum")
+        total += float(nll)
+        count += ids[:, 1:].numel()
+    return total, count
+
+
+def perplexity(model_dir: str, data: str, *, seq_len: int, batch_size: int = 8, device: str = "cpu",
+               max_windows: int | None = None) -> dict:
+    model = load_model(model_dir, device)
+    vocab = model.config.vocab_size
+    result = {"model": os.path.abspath(model_dir), "data": os.path.abspath(data), "seq_len": seq_len}
+    if os.path.isfile(os.path.join(data, "manifest.json")):
+        from ast_ds.data.loader import eval_batches
+
+        with open(os.path.join(data, "manifest.json")) as f:
+            domains = sorted(json.load(f)["domains"])
+        per = {}
+        for domain in domains:
+            windows = [row for b in eval_batches(data_dir=data, domain=domain, micro_batch=batch_size,
+                                                 rank=0, world_size=1) for row in b["input_ids"]]
+            windows = windows[:max_windows] if max_windows else windows
+            total, count = windows_nll(model, windows, batch_size=batch_size, device=device, desc=domain)
+            per[domain] = {"ppl": math.exp(total / count), "tokens": count}
+        result["domains"] = per
+        result["ppl"] = math.exp(sum(math.log(v["ppl"]) * v["tokens"] for v in per.values()) /
+                                 sum(v["tokens"] for v in per.values()))
+        return result
+    from ast_ds.data.tokenizer import load_tokenizer
+
+    tok = load_tokenizer(model_dir)
+    ids = [tok.bos_id] + tok.encode("\n\n".join(read_documents(data)))
+    if max(ids) >= vocab:
+        raise ValueError(f"the tokenizer in {model_dir} produced id {max(ids)} >= the model's vocabulary {vocab}")
+    stream = torch.tensor(ids, dtype=torch.long)
+    windows = [stream[i:i + seq_len] for i in range(0, len(ids) - seq_len + 1, seq_len)]
+    if not windows:
+        raise ValueError(f"--data {data} has {len(ids)} tokens, fewer than one window of --seq_len {seq_len}")
+    windows = windows[:max_windows] if max_windows else windows
+    total, count = windows_nll(model, windows, batch_size=batch_size, device=device, desc="perplexity")
+    result.update(ppl=math.exp(total / count), nll=total / count, tokens=count, windows=len(windows))
+    return result

@@ -1,0 +1,78 @@
+"""Loading Hugging Face causal LMs for training (optionally ZeRO-3 partitioned at construction) and
+naming their N:M targets. Knows nothing about sparsity math or distillation."""
+
+from __future__ import annotations
+
+import os
+
+import torch
+
+WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin",
+                "pytorch_model.bin.index.json")
+
+
+def check_model_dir(path: str, *, what: str = "model.path") -> None:
+    """A clear error unless ``path`` is a complete Hugging Face model folder."""
+    if not os.path.isdir(path):
+        raise ValueError(f"{what}: {path!r} is not a folder; point it at a Hugging Face model directory")
+    if not os.path.isfile(os.path.join(path, "config.json")):
+        raise ValueError(f"{what}: {path} has no config.json; it is not a Hugging Face model folder "
+                         f"(save one with model.save_pretrained(path))")
+    if not any(os.path.isfile(os.path.join(path, f)) for f in WEIGHT_FILES):
+        raise ValueError(f"{what}: {path} has a config.json but no weights ({', '.join(WEIGHT_FILES)}); the "
+                         f"download or copy is incomplete")
+    index = next((f for f in WEIGHT_FILES[1::2] if os.path.isfile(os.path.join(path, f))), None)
+    if index:
+        import json
+
+        with open(os.path.join(path, index)) as f:
+            shards = set(json.load(f).get("weight_map", {}).values())
+        missing = [s for s in sorted(shards) if not os.path.isfile(os.path.join(path, s))]
+        if missing:
+            raise ValueError(f"{what}: {path}/{index} lists shards that are missing: {', '.join(missing[:5])}")
+
+
+def load_causal_lm(path: str, *, ds_config: dict | None, dtype: torch.dtype, what: str = "model.path"):
+    """``AutoModelForCausalLM.from_pretrained``; with a stage-3 ``ds_config`` the model is built
+    directly partitioned (``HfDeepSpeedConfig``), so no rank ever holds the full model."""
+    check_model_dir(path, what=what)
+    from transformers import AutoModelForCausalLM
+
+    keep_alive = None
+    if ds_config is not None and ds_config.get("zero_optimization", {}).get("stage") == 3:
+        from transformers.integrations import HfDeepSpeedConfig
+
+        keep_alive = HfDeepSpeedConfig(ds_config)  # global weakref: from_pretrained builds under zero.Init
+    try:
+        model = AutoModelForCausalLM.from_pretrained(path, torch_dtype=dtype)
+    finally:
+        if keep_alive is not None:
+            from transformers.integrations.deepspeed import unset_hf_deepspeed_config
+
+            unset_hf_deepspeed_config()
+    return model
+
+
+def sparse_target_names(model: torch.nn.Module, modules: list[str]) -> list[str]:
+    """Weights of the linears named ``modules`` (last name component) inside the transformer blocks.
+    Embeddings, norms and the LM head stay dense."""
+    names = []
+    for name, module in model.named_modules():
+        if name.rsplit(".", 1)[-1] in modules and isinstance(module, torch.nn.Linear):
+            names.append(f"{name}.weight")
+    if not names:
+        raise ValueError(f"sparsity.targets {modules} matched no nn.Linear in {type(model).__name__}; name the "
+                         f"block linears (LLaMA: q_proj k_proj v_proj o_proj gate_proj up_proj down_proj)")
+    return names
+
+
+def vocab_size(model) -> int:
+    return int(model.config.vocab_size)
+
+
+def hidden_size(path: str) -> int:
+    import json
+
+    with open(os.path.join(path, "config.json")) as f:
+        cfg = json.load(f)
+    return int(cfg.get("hidden_size") or cfg.get("n_embd") or cfg.get("d_model"))

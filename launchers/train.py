@@ -1,0 +1,41 @@
+"""Train: AST N:M sparse retraining (or dense training) on DeepSpeed.
+
+    deepspeed --num_gpus 8 launchers/train.py --ds_config ds_configs/zero3.json --recipe llama2_7b \\
+        --model.path /models/Llama-2-7b-hf --data.data_dir /data/redpajama_mds --out_dir runs/llama2_7b_24
+
+Settings come from --recipe, then --config FILE (YAML/JSON, nested like the recipe), then any
+--section.field VALUE flag (e.g. --optim.lr 1e-5 --sparsity.pattern 4:8 --data.weights_mode constant).
+"""
+
+import argparse
+import os
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from ast_ds.config import add_override_arguments, apply_overrides, load_file, overrides_from_args  # noqa: E402
+from ast_ds.recipes import RECIPES, get_recipe  # noqa: E402
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--ds_config", required=True, help="DeepSpeed JSON (engine settings; trainer values may be \"auto\")")
+    parser.add_argument("--recipe", default="llama2_7b", choices=sorted(RECIPES), help="named starting config")
+    parser.add_argument("--config", help="YAML/JSON file applied over the recipe")
+    parser.add_argument("--resume", help="auto (newest complete checkpoint of --out_dir, if any) or a checkpoint path")
+    parser.add_argument("--local_rank", type=int, default=-1, help="set by the deepspeed launcher")
+    add_override_arguments(parser)
+    args = parser.parse_args(argv)
+
+    cfg = get_recipe(args.recipe)
+    if args.config:
+        apply_overrides(cfg, load_file(args.config), source=args.config)
+    apply_overrides(cfg, overrides_from_args(args), source="command line")
+
+    from ast_ds.trainer import train
+
+    train(cfg, ds_config_path=args.ds_config, resume=args.resume)
+
+
+if __name__ == "__main__":
+    main()
