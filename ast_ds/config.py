@@ -48,8 +48,9 @@ class DistillConfig:
     """Weight of KL(teacher‖student); 1−alpha weighs cross-entropy. 0 disables the teacher."""
     temperature: float = 1.0
     """Softmax temperature of the KL term (its gradient is scaled by T², as usual)."""
-    chunk_tokens: int = 2048
-    """Tokens per chunk of the loss: fp32 log-softmax is only ever built for this many rows."""
+    chunk_tokens: int = 256
+    """Tokens per chunk of the loss: fp32 softmax temporaries exist only for this many rows (at V = 32000,
+    256 rows are 33 MB each)."""
 
 
 @dataclass(kw_only=True)

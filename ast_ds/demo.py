@@ -103,15 +103,17 @@ def train_tokenizer(raw_dir: str, model_prefix: str, *, vocab_size: int = 512) -
     return model_prefix + ".model"
 
 
-def init_model(out: str, *, tokenizer_model: str, vocab_size: int, seed: int = 0) -> str:
+def init_model(out: str, *, tokenizer_model: str, vocab_size: int, seed: int = 0, hidden: int = 192,
+               intermediate: int = 512, layers: int = 4, heads: int = 6) -> str:
     """A random-init tiny LLaMA folder (the dense teacher is pretrained from it)."""
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM
 
     from ast_ds.data.tokenizer import load_tokenizer
 
-    config = LlamaConfig(vocab_size=vocab_size, hidden_size=192, intermediate_size=512, num_hidden_layers=4,
-                         num_attention_heads=6, num_key_value_heads=6, max_position_embeddings=512,
+    config = LlamaConfig(vocab_size=vocab_size, hidden_size=hidden, intermediate_size=intermediate,
+                         num_hidden_layers=layers, num_attention_heads=heads, num_key_value_heads=heads,
+                         max_position_embeddings=512,
                          tie_word_embeddings=False, bos_token_id=1, eos_token_id=2)
     torch.manual_seed(seed)
     LlamaForCausalLM(config).save_pretrained(out, safe_serialization=True)

@@ -26,28 +26,24 @@ class _ChunkedDistill(torch.autograd.Function):
         ce_sum = torch.zeros((), dtype=torch.float64, device=student.device)
         for lo in range(0, n, chunk):
             hi = min(n, lo + chunk)
-            s = student[lo:hi].float()
-            w = valid[lo:hi].unsqueeze(1).float()
-            g = torch.zeros_like(s)
-            log_p = F.log_softmax(s, dim=-1)  # CE is always reported, even when it has no weight
-            y = labels[lo:hi].clamp(min=0)
-            ce_sum += -(log_p.gather(1, y.unsqueeze(1)) * w).sum().double()
-            if alpha < 1.0:
-                p = log_p.exp_()
-                p.scatter_add_(1, y.unsqueeze(1), torch.full_like(w, -1.0))  # softmax − onehot
-                g.add_(p.mul_(w), alpha=(1.0 - alpha))
-                del p
-            del log_p
+            w = valid[lo:hi].unsqueeze(1).to(torch.float32)
+            y = labels[lo:hi].clamp(min=0).unsqueeze(1)
+            # at most four [chunk, V] fp32 temporaries are alive at any point below
+            g = F.log_softmax(student[lo:hi].float(), dim=-1)  # CE is always reported, even with no weight
+            ce_sum -= (g.gather(1, y) * w).sum().double()
+            g.exp_().scatter_add_(1, y, torch.full_like(w, -1.0)).mul_(w * (1.0 - alpha))  # (1−α)(p − onehot)
             if alpha > 0.0:
-                log_ps = F.log_softmax(s / temperature, dim=-1)
-                log_pt = F.log_softmax(teacher[lo:hi].float() / temperature, dim=-1)
-                p_t = log_pt.exp()
-                kl_sum += ((p_t * (log_pt - log_ps)).sum(1, keepdim=True) * w).sum().double()
-                # d/ds T²·KL = T·(softmax(s/T) − p_t)
-                g.add_(log_ps.exp_().sub_(p_t).mul_(w), alpha=alpha * temperature)
-                del log_ps, log_pt, p_t
-            grad[lo:hi] = (g / count.float()).to(grad.dtype)
-            del s, g
+                log_pt = F.log_softmax(teacher[lo:hi].float().div_(temperature), dim=-1)
+                log_ps = F.log_softmax(student[lo:hi].float().div_(temperature), dim=-1)
+                diff = log_pt - log_ps
+                p_t = log_pt.exp_()
+                kl_sum += (diff.mul_(p_t).sum(1, keepdim=True) * w).sum().double()
+                del diff
+                # d/ds T²·KL(p_t ‖ p_s) = T·(softmax(s/T) − p_t)
+                g.add_(log_ps.exp_().sub_(p_t).mul_(w * (alpha * temperature)))
+                del p_t, log_ps
+            grad[lo:hi] = g.div_(count.float()).to(grad.dtype)
+            del g
         kl = kl_sum / count * temperature ** 2
         ce = ce_sum / count
         loss = (alpha * kl + (1.0 - alpha) * ce).float()
@@ -58,7 +54,8 @@ class _ChunkedDistill(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad_loss, _gkl, _gce):
         (grad,) = ctx.saved_tensors
-        return grad * grad_loss.to(grad.dtype), None, None, None, None, None
+        # in place: a second B×T×V buffer would double the loss's memory (the graph is used once)
+        return grad.mul_(grad_loss.to(grad.dtype)), None, None, None, None, None
 
 
 def shift_labels(input_ids: torch.Tensor, ignore_index: int = -100) -> torch.Tensor:
@@ -69,7 +66,7 @@ def shift_labels(input_ids: torch.Tensor, ignore_index: int = -100) -> torch.Ten
 
 
 def distill_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor | None, labels: torch.Tensor, *,
-                 alpha: float, temperature: float = 1.0, chunk_tokens: int = 2048):
+                 alpha: float, temperature: float = 1.0, chunk_tokens: int = 256):
     """``(loss, kl, ce)``; logits ``[B, T, V]``, labels ``[B, T]`` (negative = ignored).
 
     ``teacher_logits=None`` requires ``alpha=0`` (plain cross-entropy, the dense mode and the no-KD

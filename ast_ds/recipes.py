@@ -15,7 +15,7 @@ def llama2_7b() -> TrainConfig:
     cfg = TrainConfig(mode="ast", total_steps=15_000, micro_batch=4, global_batch=128, precision="bf16",
                       log_every=10, eval_every=500, save_every=500, keep_last=3)
     cfg.sparsity.lam_max, cfg.sparsity.ramp_fraction, cfg.sparsity.mask_interval = 6e-5, 0.25, 10
-    cfg.distill.alpha, cfg.distill.temperature, cfg.distill.chunk_tokens = 1 / 3, 1.0, 4096
+    cfg.distill.alpha, cfg.distill.temperature = 1 / 3, 1.0
     cfg.optim.lr, cfg.optim.warmup_steps, cfg.optim.min_lr_ratio, cfg.optim.grad_clip = 2e-5, 500, 0.1, 1.0
     cfg.data.weights = dict(REDPAJAMA_WEIGHTS)
     cfg.data.weights_mode, cfg.data.update_every = "dynamic", 100
@@ -46,7 +46,7 @@ def demo() -> TrainConfig:
     cfg = TrainConfig(mode="ast", out_dir="runs/demo/ast", total_steps=300, micro_batch=8, global_batch=16,
                       precision="fp32", log_every=10, eval_every=50, eval_batches=4, save_every=100, keep_last=2)
     cfg.sparsity.lam_max, cfg.sparsity.mask_interval = 2e-3, 10
-    cfg.distill.alpha, cfg.distill.chunk_tokens = 2 / 3, 1024
+    cfg.distill.alpha = 2 / 3
     cfg.optim.lr, cfg.optim.warmup_steps, cfg.optim.min_lr_ratio = 1e-3, 20, 0.1
     cfg.data.weights_mode, cfg.data.update_every = "dynamic", 50
     return cfg

@@ -90,7 +90,9 @@ def _export_meta(run_dir: str, model_config, *, model_path: str, data_dir: str) 
             load_tokenizer(json.load(f)["tokenizer"]["path"]).save_to(meta)
 
 
-def train(cfg: TrainConfig, *, ds_config_path: str, resume: str | None = None) -> dict:
+def train(cfg: TrainConfig, *, ds_config_path: str, resume: str | None = None, stop_at: int | None = None) -> dict:
+    """Train per ``cfg``; ``stop_at`` ends the run early after a checkpoint at that step (the schedule
+    stays that of ``cfg.total_steps``), as a preempted or time-limited job would."""
     import deepspeed
 
     # ---- distributed set-up and config -----------------------------------------------------------
@@ -253,6 +255,8 @@ def train(cfg: TrainConfig, *, ds_config_path: str, resume: str | None = None) -
             shown = {k: v for k, v in row.items() if isinstance(v, float)}
             log.info("step %d/%d  " % (step, cfg.total_steps) + "  ".join(f"{k} {v:.4g}" for k, v in shown.items()))
             window_start, window_tokens = time.perf_counter(), 0
+        if stop_at is not None and step >= stop_at:
+            break
         if cfg.save_every and step % cfg.save_every == 0 and step < cfg.total_steps:
             save()
     save()

@@ -12,40 +12,21 @@ last line is one JSON object with the figures.
 
 import argparse
 import json
-import os
-import sys
-import time
 
 import torch
 
-
-def build_model(args):
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    config = LlamaConfig(vocab_size=args.vocab, hidden_size=args.hidden, intermediate_size=args.intermediate,
-                         num_hidden_layers=args.layers, num_attention_heads=args.hidden // 64,
-                         num_key_value_heads=args.hidden // 64, max_position_embeddings=args.seq,
-                         tie_word_embeddings=False)
-    torch.manual_seed(0)
-    return LlamaForCausalLM(config)
+from common import add_model_args, build_llama, now, rank_mean, zero3_config
 
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--layers", type=int, default=8)
-    ap.add_argument("--hidden", type=int, default=512)
-    ap.add_argument("--intermediate", type=int, default=1376)
-    ap.add_argument("--vocab", type=int, default=4096)
-    ap.add_argument("--seq", type=int, default=128)
-    ap.add_argument("--micro_batch", type=int, default=2)
+    add_model_args(ap)
     ap.add_argument("--interval", type=int, default=10, help="mask refresh interval Δt")
     ap.add_argument("--windows", type=int, default=3, help="timed Δt windows (after one warm-up window)")
-    ap.add_argument("--local_rank", type=int, default=-1)
     args = ap.parse_args()
 
     import deepspeed
 
-    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     from ast_ds.optim.ast_adamw import ASTAdamW
     from ast_ds.sparsity import DecaySchedule
     from ast_ds.zero import ShardedMasks
@@ -53,17 +34,13 @@ def main():
     deepspeed.init_distributed(dist_backend=None)
     rank, world = torch.distributed.get_rank(), torch.distributed.get_world_size()
     total_steps = args.interval * (args.windows + 1)
-    ds_config = {"train_micro_batch_size_per_gpu": args.micro_batch, "gradient_accumulation_steps": 1,
-                 "gradient_clipping": 1.0, "zero_optimization": {"stage": 3}, "zero_allow_untested_optimizer": True,
-                 "steps_per_print": 10**9}
-    if torch.cuda.is_available():
-        ds_config["bf16"] = {"enabled": True}
+    ds_config = zero3_config(args)
 
-    dense_model = build_model(args)
+    dense_model = build_llama(args)
     adamw = torch.optim.AdamW(dense_model.parameters(), lr=1e-4, betas=(0.9, 0.95), weight_decay=0.0)
     dense, *_ = deepspeed.initialize(model=dense_model, optimizer=adamw, config=ds_config)
 
-    sparse_model = build_model(args)
+    sparse_model = build_llama(args)
     targets = [n for n, p in sparse_model.named_parameters() if p.dim() == 2 and ".layers." in n]
     masks = ShardedMasks(targets, n=2, m=4)
     ast = ASTAdamW(sparse_model.parameters(), masks=masks, lr=1e-4, betas=(0.9, 0.95), weight_decay=0.0,
@@ -72,18 +49,14 @@ def main():
     masks.bind(sparse)
 
     device = sparse.device
-    sync = torch.cuda.synchronize if torch.cuda.is_available() else (lambda: None)
 
     def train_step(engine, ids):
-        sync()
-        t0 = time.perf_counter()
+        t0 = now()
         loss = engine(input_ids=ids, labels=ids).loss
         engine.backward(loss)
-        sync()
-        t1 = time.perf_counter()
+        t1 = now()
         engine.step()
-        sync()
-        t2 = time.perf_counter()
+        t2 = now()
         return t2 - t0, t2 - t1
 
     times = {"dense": [], "ast": []}
@@ -102,9 +75,7 @@ def main():
     refresh = [i for i in timed if (i + 1) % args.interval == 0]
 
     def mean(name, idx, part):
-        vals = torch.tensor([times[name][i][part] for i in idx], dtype=torch.float64)
-        torch.distributed.all_reduce(vals)  # average over ranks
-        return float(vals.mean()) / world
+        return rank_mean([times[name][i][part] for i in idx], world)
 
     # collectives on every rank, before any rank-0 branch
     t = {(name, part): mean(name, timed, part) for name in ("dense", "ast") for part in (0, 1)}

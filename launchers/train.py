@@ -23,6 +23,8 @@ def main(argv=None):
     parser.add_argument("--recipe", default="llama2_7b", choices=sorted(RECIPES), help="named starting config")
     parser.add_argument("--config", help="YAML/JSON file applied over the recipe")
     parser.add_argument("--resume", help="auto (newest complete checkpoint of --out_dir, if any) or a checkpoint path")
+    parser.add_argument("--stop_at", type=int, help="save and stop after this step (the LR/decay schedules keep "
+                        "total_steps); resume later with --resume auto")
     parser.add_argument("--local_rank", type=int, default=-1, help="set by the deepspeed launcher")
     add_override_arguments(parser)
     args = parser.parse_args(argv)
@@ -34,7 +36,7 @@ def main(argv=None):
 
     from ast_ds.trainer import train
 
-    train(cfg, ds_config_path=args.ds_config, resume=args.resume)
+    train(cfg, ds_config_path=args.ds_config, resume=args.resume, stop_at=args.stop_at)
 
 
 if __name__ == "__main__":

@@ -1,0 +1,92 @@
+"""Consolidation throughput (sharded AST checkpoint -> exact-N:M Hugging Face folder) against a raw
+copy of the same checkpoint bytes, side by side in one run.
+
+    DS_ACCELERATOR=cpu python benchmarks/bench_consolidate.py [--layers 8 --hidden 512]
+
+First makes a real checkpoint: 2 ranks (torchrun) train an AST engine for one step and save it with
+the trainer's Checkpointer. Then, in this process, times ``shutil.copytree`` of the tag folder and
+``ast_ds.consolidate.consolidate`` (fp32 stitching, mask stitching, masking, N:M check, safetensors
+write), each reported in MB/s of checkpoint bytes read. Last line: one JSON object.
+"""
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+
+import torch
+
+from common import add_model_args, build_llama, zero3_config
+
+
+def make_checkpoint(args):
+    import deepspeed
+
+    from ast_ds.checkpoint import Checkpointer
+    from ast_ds.model import sparse_target_names
+    from ast_ds.optim.ast_adamw import ASTAdamW
+    from ast_ds.sparsity import DecaySchedule
+    from ast_ds.zero import ShardedMasks
+
+    deepspeed.init_distributed(dist_backend=None)
+    model = build_llama(args)
+    if torch.distributed.get_rank() == 0:
+        model.config.save_pretrained(os.path.join(args.make, "hf_meta"))
+    masks = ShardedMasks(sparse_target_names(model, ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj",
+                                                     "down_proj"]), n=2, m=4)
+    opt = ASTAdamW(model.parameters(), masks=masks, lr=1e-4, decay=DecaySchedule(1e-4, 10), mask_interval=10)
+    engine, *_ = deepspeed.initialize(model=model, optimizer=opt, config=zero3_config(args))
+    masks.bind(engine)
+    ids = torch.randint(0, args.vocab, (args.micro_batch, args.seq)).to(engine.device)
+    engine.backward(engine(input_ids=ids, labels=ids).loss)
+    engine.step()
+    Checkpointer(os.path.join(args.make, "checkpoints"), keep_last=1).save(
+        engine, step=1, client_state={}, rank_state={"sparsity": masks.state_dict()},
+        meta={"mode": "ast", "pattern": "2:4"})
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_model_args(ap)
+    ap.add_argument("--make", help=argparse.SUPPRESS)
+    ap.add_argument("--repeats", type=int, default=3)
+    args = ap.parse_args()
+    if args.make:
+        return make_checkpoint(args)
+    from ast_ds.consolidate import consolidate
+
+    work = tempfile.mkdtemp(prefix="bench_consolidate_")
+    try:
+        flags = [f"--{k}={v}" for k, v in vars(args).items() if k in ("layers", "hidden", "intermediate", "vocab",
+                                                                      "seq", "micro_batch")]
+        subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port=29677",
+                        __file__, "--make", work, *flags], check=True, capture_output=True)
+        tag = os.path.join(work, "checkpoints", "step_00000001")
+        nbytes = sum(os.path.getsize(os.path.join(tag, f)) for f in os.listdir(tag))
+        copy_t, cons_t = [], []
+        for i in range(args.repeats):
+            t0 = time.perf_counter()
+            shutil.copytree(tag, os.path.join(work, f"copy{i}"))
+            copy_t.append(time.perf_counter() - t0)
+            t0 = time.perf_counter()
+            report = consolidate(tag, os.path.join(work, f"hf{i}"), dtype="bf16")
+            cons_t.append(time.perf_counter() - t0)
+            assert report["all_ok"]
+        c, k = min(copy_t), min(cons_t)
+        mb = nbytes / 1e6
+        print(f"checkpoint: {mb:.1f} MB ({args.layers} layers x {args.hidden} hidden, 2 ranks), best of {args.repeats}")
+        print(f"raw copy of the checkpoint bytes: {c:.2f} s = {mb / c:8.1f} MB/s")
+        print(f"consolidate to exact 2:4 HF:      {k:.2f} s = {mb / k:8.1f} MB/s")
+        print(f"consolidation / raw copy throughput: {c / k:.3f}")
+        print(json.dumps({"checkpoint_mb": round(mb, 1), "copy_mb_s": round(mb / c, 1),
+                          "consolidate_mb_s": round(mb / k, 1), "throughput_ratio": round(c / k, 3)}))
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,91 @@
+import json
+
+import pytest
+
+from ast_ds.config import TrainConfig, add_override_arguments, apply_overrides, overrides_from_args
+from ast_ds.ds_config import resolve_ds_config, teacher_ds_config
+from ast_ds.optim.lr import lr_factor
+from ast_ds.recipes import RECIPES, get_recipe, llama2_7b
+
+
+def test_llama_recipe_has_the_paper_values():
+    cfg = llama2_7b()
+    assert cfg.optim.lr == 2e-5 and cfg.sparsity.lam_max == 6e-5 and cfg.sparsity.mask_interval == 10
+    assert cfg.distill.alpha == pytest.approx(1 / 3) and cfg.sparsity.ramp_fraction == 0.25
+    assert cfg.global_batch == 128 and cfg.total_steps == 15_000
+    assert set(RECIPES) >= {"demo", "llama2_7b", "llama2_13b", "opt"}
+
+
+def test_overrides_from_file_and_cli(tmp_path):
+    import argparse
+
+    cfg = get_recipe("demo")
+    apply_overrides(cfg, {"optim": {"lr": 5e-4}, "sparsity.pattern": "4:8"}, source="f.yaml")
+    parser = argparse.ArgumentParser()
+    add_override_arguments(parser)
+    args = parser.parse_args(["--optim.betas", "[0.8, 0.9]", "--total_steps", "12", "--data.weights",
+                              "{a: 1, b: 2}", "--sparsity.track_initial", "false"])
+    apply_overrides(cfg, overrides_from_args(args), source="cli")
+    assert cfg.optim.lr == 5e-4 and cfg.sparsity.pattern == "4:8" and cfg.optim.betas == [0.8, 0.9]
+    assert cfg.total_steps == 12 and cfg.data.weights == {"a": 1, "b": 2} and cfg.sparsity.track_initial is False
+    with pytest.raises(ValueError, match="unknown config field 'optim.lrr'"):
+        apply_overrides(cfg, {"optim.lrr": 1}, source="cli")
+    with pytest.raises(ValueError, match="wrong type"):
+        apply_overrides(cfg, {"total_steps": "many"}, source="cli")
+
+
+def test_validation_names_field_and_fix(tmp_path):
+    cfg = TrainConfig()
+    cfg.model.path, cfg.data.data_dir = str(tmp_path), str(tmp_path)
+    cfg.validate(world_size=8)
+    cfg.global_batch = 100
+    with pytest.raises(ValueError, match="global_batch"):
+        cfg.validate(world_size=8)
+    cfg.global_batch = 128
+    cfg.sparsity.pattern = "2x4"
+    with pytest.raises(ValueError, match="N:M"):
+        cfg.validate()
+    cfg.sparsity.pattern = "2:4"
+    cfg.model.path = ""
+    with pytest.raises(ValueError, match="model.path"):
+        cfg.validate()
+
+
+def test_ds_config_auto_fill_and_conflicts():
+    raw = json.load(open("ds_configs/zero3.json"))
+    cfg = resolve_ds_config(raw, micro_batch=4, grad_accum=4, world_size=8, grad_clip=1.0, precision="bf16",
+                            hidden_size=4096)
+    assert cfg["train_micro_batch_size_per_gpu"] == 4 and cfg["gradient_accumulation_steps"] == 4
+    assert cfg["train_batch_size"] == 128 and cfg["bf16"]["enabled"] is True
+    assert cfg["zero_optimization"]["reduce_bucket_size"] == 4096 * 4096
+    assert cfg["zero_allow_untested_optimizer"] is True
+    raw["train_micro_batch_size_per_gpu"] = 8
+    with pytest.raises(ValueError, match="train_micro_batch_size_per_gpu = 8 conflicts"):
+        resolve_ds_config(raw, micro_batch=4, grad_accum=4, world_size=8, grad_clip=1.0, precision="bf16",
+                          hidden_size=64)
+    raw["train_micro_batch_size_per_gpu"] = "auto"
+    raw["optimizer"] = {"type": "AdamW"}
+    with pytest.raises(ValueError, match="optimizer"):
+        resolve_ds_config(raw, micro_batch=4, grad_accum=4, world_size=8, grad_clip=1.0, precision="bf16",
+                          hidden_size=64)
+    offload = json.load(open("ds_configs/zero3_offload.json"))
+    cfg = resolve_ds_config(offload, micro_batch=1, grad_accum=1, world_size=1, grad_clip=0.0, precision="fp32",
+                            hidden_size=64)
+    assert cfg["zero_force_ds_cpu_optimizer"] is False and cfg["bf16"]["enabled"] is False
+    t = teacher_ds_config(cfg)
+    assert "optimizer" not in t and t["zero_optimization"]["stage"] == 3
+
+
+def test_lr_schedule():
+    f = lambda s: lr_factor(s, warmup=10, total=110, min_ratio=0.1)  # noqa: E731
+    assert f(0) == pytest.approx(0.1) and f(9) == pytest.approx(1.0)
+    assert f(10) == pytest.approx(1.0) and f(60) == pytest.approx(0.55) and f(110) == pytest.approx(0.1)
+
+
+def test_import_is_cheap():
+    import subprocess
+    import sys
+
+    code = "import sys, ast_ds, ast_ds.sparsity, ast_ds.config; print('deepspeed' in sys.modules, 'transformers' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.split() == ["False", "False"]

@@ -1,0 +1,125 @@
+"""The training job end to end on 2 CPU processes (ZeRO-3, gloo): exact resume, consolidation to an
+exact 2:4 Hugging Face folder, evaluation, and the errors for damaged checkpoints."""
+
+import csv
+import json
+import os
+import shutil
+
+import pytest
+import torch
+
+from conftest import ROOT, run_torchrun
+
+TRAIN = os.path.join(ROOT, "launchers", "train.py")
+
+
+@pytest.fixture(scope="module")
+def workspace(tmp_path_factory):
+    from ast_ds.data.prepare import prepare
+    from ast_ds.demo import init_model, make_corpus, train_tokenizer
+
+    root = tmp_path_factory.mktemp("e2e")
+    raw = root / "raw"
+    make_corpus(str(raw), docs_per_domain=150)
+    tok = train_tokenizer(str(raw), str(root / "tok"), vocab_size=256)
+    prepare({d: str(raw / d) for d in ("stories", "facts", "arith", "code")}, tokenizer=tok, out=str(root / "data"),
+            seq_len=32, eval_fraction=0.05, progress=False)
+    init_model(str(root / "init"), tokenizer_model=tok, vocab_size=256, hidden=64, intermediate=128, layers=2,
+               heads=2)
+    return root
+
+
+def train_args(ws, out, *extra):
+    return ["--ds_config", os.path.join(ROOT, "ds_configs", "zero3.json"), "--recipe", "demo",
+            "--model.path", str(ws / "init"), "--data.data_dir", str(ws / "data"), "--out_dir", str(out),
+            "--total_steps", "6", "--save_every", "3", "--log_every", "1", "--eval_every", "0",
+            "--micro_batch", "2", "--global_batch", "4", "--sparsity.mask_interval", "2",
+            "--data.weights_mode", "dynamic", "--data.update_every", "2", "--eval_batches", "2",
+            "--optim.warmup_steps", "2", *extra]
+
+
+def losses(run_dir):
+    with open(os.path.join(run_dir, "metrics.csv")) as f:
+        return {int(r["step"]): (r["loss"], r.get("weight/stories", "")) for r in csv.DictReader(f)}
+
+
+@pytest.fixture(scope="module")
+def runs(workspace):
+    full, split = workspace / "full", workspace / "split"
+    run_torchrun(TRAIN, 2, train_args(workspace, full))
+    run_torchrun(TRAIN, 2, train_args(workspace, split, "--stop_at", "3"))
+    run_torchrun(TRAIN, 2, train_args(workspace, split, "--resume", "auto"))
+    return full, split
+
+
+@pytest.mark.multiprocess
+def test_resume_reproduces_the_uninterrupted_run_exactly(runs):
+    full, split = runs
+    a, b = losses(full), losses(split)
+    assert sorted(a) == sorted(b) == [1, 2, 3, 4, 5, 6]
+    for step in range(1, 7):
+        assert a[step] == b[step], f"step {step}: uninterrupted {a[step]} vs resumed {b[step]}"
+    # dynamic domain weights were updated every 2 steps (and restored with the checkpoint: equal above)
+    assert all(a[s][1] != "" for s in (2, 4, 6))
+    resolved = json.load(open(os.path.join(full, "config.json")))
+    assert resolved["train"]["total_steps"] == 6 and resolved["deepspeed"]["zero_optimization"]["stage"] == 3
+    assert os.path.isfile(os.path.join(full, "curves.png"))
+    # keep_last=2 (demo recipe) after saves at 3 and 6
+    assert sorted(os.listdir(os.path.join(full, "checkpoints"))) == ["latest", "step_00000003", "step_00000006"]
+
+
+@pytest.mark.multiprocess
+def test_consolidate_exports_exact_2_4_that_transformers_loads(runs, workspace, tmp_path):
+    from transformers import AutoModelForCausalLM
+
+    from ast_ds.consolidate import consolidate
+    from ast_ds.evaluate import perplexity
+    from ast_ds.sparsity import verify_nm
+
+    full, _ = runs
+    out = tmp_path / "hf"
+    report = consolidate(str(full), str(out), dtype="bf16")
+    assert report["all_ok"] and report["num_targets"] == 14 and report["step"] == 6
+    assert report["target_sparsity"] == pytest.approx(0.5, abs=1e-3)
+    model = AutoModelForCausalLM.from_pretrained(out, torch_dtype=torch.bfloat16)
+    for name, p in model.named_parameters():
+        if name in report["layers"]:
+            assert verify_nm(p, n=2, m=4).ok, name
+            zeros = p == 0
+            assert not torch.signbit(p[zeros]).any(), f"{name}: -0.0 at a pruned position"
+    assert os.path.isfile(out / "tokenizer.model")
+    result = perplexity(str(out), str(workspace / "raw" / "test.txt"), seq_len=32, max_windows=8)
+    assert 1 < result["ppl"] < 1e4
+    per_domain = perplexity(str(out), str(workspace / "data"), seq_len=32, max_windows=4)
+    assert set(per_domain["domains"]) == {"stories", "facts", "arith", "code"}
+
+
+@pytest.mark.multiprocess
+def test_damaged_checkpoints_are_refused(runs, tmp_path):
+    from ast_ds.checkpoint import CheckpointError, find_checkpoint
+    from ast_ds.consolidate import consolidate
+
+    full, _ = runs
+    copy = tmp_path / "run"
+    shutil.copytree(full, copy)
+    ckpts = copy / "checkpoints"
+    # a save killed midway: a newer tag without COMPLETE is ignored by --resume auto and refused by path
+    partial = ckpts / "step_00000009"
+    shutil.copytree(ckpts / "step_00000006", partial)
+    os.remove(partial / "COMPLETE")
+    assert find_checkpoint(str(ckpts), "auto").endswith("step_00000006")
+    with pytest.raises(CheckpointError, match="partial"):
+        find_checkpoint(str(partial), str(partial))
+    with pytest.raises(CheckpointError, match="no such checkpoint"):
+        find_checkpoint(str(ckpts), str(tmp_path / "nope"))
+    # a rank file lost or truncated
+    tag = ckpts / "step_00000006"
+    os.remove(tag / "trainer_rank00001.pt")
+    with pytest.raises(CheckpointError, match="incomplete"):
+        consolidate(str(tag), str(tmp_path / "out1"))
+    with open(tag / "trainer_rank00001.pt", "wb") as f:
+        f.write(b"not a checkpoint")
+    with pytest.raises(CheckpointError, match="corrupted"):
+        consolidate(str(tag), str(tmp_path / "out2"))
+    assert not (tmp_path / "out1").exists() and not (tmp_path / "out2").exists()
