@@ -1,0 +1,487 @@
+"""Data preparation: jsonl documents per domain → fixed-length token rows in MDS shards + a manifest.
+
+``prepare(...)`` is the library entry point; ``data_prep/prepare.py`` is its command line
+(``build_arg_parser`` / ``main``). What it writes is described in ``ast_ds.data.manifest`` and the
+packing rule in ``ast_ds.data.packing``.
+
+How it runs:
+
+1. Every input is resolved to its files, and the arguments, the tokenizer hash and the input files'
+   sizes and modification times form the run's *config*. If ``DIR/manifest.json`` holds the same
+   config, the output is up to date and nothing is done; a different config is refused unless
+   ``overwrite``.
+2. A counting pass reads every file once to number the documents (non-blank lines); the eval
+   documents of each domain are then drawn from that count with a generator seeded by
+   (seed, domain name), so the choice is the same whatever the number of workers.
+3. The main process reads the lines in chunks and hands them, in order, to ``workers`` tokenizer
+   processes (none when ``workers == 1``); at most ``2 · workers`` chunks are in flight. Results come
+   back in input order and are packed into rows and written by the main process, so the output is
+   byte-identical for any number of workers.
+4. Everything is written into a temporary folder next to DIR (``.DIR.tmp-*``), the manifest last,
+   and published with a rename. A crash leaves no DIR that looks complete.
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import json
+import logging
+import os
+import shutil
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from typing import Iterator
+
+import numpy as np
+
+from ast_ds.data.manifest import (FORMAT, MANIFEST_NAME, SPLITS, TOKENS_COLUMN, VERSION, SplitCounts, format_counts,
+                                  split_dir, write_json_atomic)
+from ast_ds.data.packing import RowPacker, choose_eval_docs, eval_doc_count, token_dtype
+from ast_ds.data.sources import DataPrepError, Domain, count_documents, discover_domain, iter_documents, \
+    parse_input_spec
+from ast_ds.data.tokenizer import load_tokenizer
+
+logger = logging.getLogger(__name__)
+
+CHUNK_BYTES = 1 << 20  # raw text per work item handed to a tokenizer process
+CHUNK_LINES = 4096
+
+
+@dataclass(frozen=True)
+class PrepareOptions:
+    """Everything that decides the output (``workers`` and ``progress`` do not)."""
+
+    tokenizer: str
+    seq_len: int = 4096
+    text_field: str = "text"
+    eval_fraction: float = 0.01
+    eval_docs: int | None = None
+    seed: int = 0
+    skip_bad_lines: bool = False
+    shard_size_limit: int = 1 << 26
+
+    def __post_init__(self):
+        if self.seq_len < 2:
+            raise DataPrepError(f"--seq_len {self.seq_len}: must be >= 2")
+        if not 0.0 <= self.eval_fraction < 1.0:
+            raise DataPrepError(f"--eval_fraction {self.eval_fraction}: must lie in [0, 1)")
+        if self.eval_docs is not None and self.eval_docs < 0:
+            raise DataPrepError(f"--eval_docs {self.eval_docs}: must be >= 0")
+        if not self.text_field:
+            raise DataPrepError("--text_field: must not be empty")
+
+
+@dataclass
+class PrepareResult:
+    out: str
+    manifest: dict
+    up_to_date: bool  # True: the output already matched the arguments and nothing was written
+
+
+def prepare(inputs: dict[str, str] | list[str], *, tokenizer: str, out: str, seq_len: int = 4096,
+            text_field: str = "text", eval_fraction: float = 0.01, eval_docs: int | None = None, seed: int = 0,
+            skip_bad_lines: bool = False, workers: int = 1, overwrite: bool = False,
+            shard_size_limit: int = 1 << 26, progress: bool = True) -> PrepareResult:
+    """Tokenize ``inputs`` ({domain: path} or ["domain=path", ...]) into ``out``; see the module doc.
+
+    Raises ``DataPrepError`` (bad input, with file and line) or ``TokenizerError``; on any error no
+    ``out`` is created or changed.
+    """
+    opts = PrepareOptions(tokenizer=tokenizer, seq_len=seq_len, text_field=text_field,
+                          eval_fraction=eval_fraction, eval_docs=eval_docs, seed=seed,
+                          skip_bad_lines=skip_bad_lines, shard_size_limit=shard_size_limit)
+    if workers < 1:
+        raise DataPrepError(f"--workers {workers}: must be >= 1")
+    domains = _resolve_inputs(inputs)
+    tok = load_tokenizer(opts.tokenizer)
+    config = _run_config(domains, opts, tok.sha256())
+    out = os.path.abspath(out)
+
+    existing = _existing_config(out)
+    if existing is not None and existing.get("config") == config:
+        logger.info("%s is up to date (same arguments, tokenizer and input files); nothing to do", out)
+        return PrepareResult(out, existing, up_to_date=True)
+    if os.path.exists(out) and not overwrite:
+        if existing is None:
+            why = "it exists and is not a prepared corpus (no readable manifest.json)"
+        else:
+            why = "it was prepared with different " + ", ".join(_config_diff(existing.get("config", {}), config))
+        raise DataPrepError(f"--out {out}: {why}; pass --overwrite to replace it, or choose another --out")
+
+    parent = os.path.dirname(out)
+    os.makedirs(parent, exist_ok=True)
+    tmp = tempfile.mkdtemp(prefix=f".{os.path.basename(out)}.tmp-", dir=parent)
+    try:
+        manifest = _prepare_into(tmp, domains, opts, tok, config=config, workers=workers, progress=progress)
+        _publish(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return PrepareResult(out, manifest, up_to_date=False)
+
+
+def _resolve_inputs(inputs: dict[str, str] | list[str]) -> list[Domain]:
+    pairs = [parse_input_spec(s) for s in inputs] if isinstance(inputs, (list, tuple)) else list(inputs.items())
+    if not pairs:
+        raise DataPrepError("no --input given; pass one --input NAME=PATH per domain")
+    names = [n for n, _ in pairs]
+    dupes = sorted({n for n in names if names.count(n) > 1})
+    if dupes:
+        raise DataPrepError(f"--input: domain name(s) {', '.join(dupes)} given more than once; "
+                            f"list several files of one domain as a folder instead")
+    return [discover_domain(*parse_input_spec(f"{n}={p}")) for n, p in pairs]
+
+
+def _run_config(domains: list[Domain], opts: PrepareOptions, tokenizer_sha256: str) -> dict:
+    """What the output depends on; equal configs mean an equal output."""
+    inputs = {}
+    for d in domains:
+        files = []
+        for f in d.files:
+            st = os.stat(f)
+            files.append([os.path.relpath(f, d.path) if f != d.path else os.path.basename(f), st.st_size,
+                          st.st_mtime_ns])
+        inputs[d.name] = {"path": d.path, "files": files}
+    return {"domains": [d.name for d in domains], "inputs": inputs,
+            "tokenizer": {"path": os.path.abspath(opts.tokenizer), "sha256": tokenizer_sha256},
+            "seq_len": opts.seq_len, "text_field": opts.text_field, "eval_fraction": opts.eval_fraction,
+            "eval_docs": opts.eval_docs, "seed": opts.seed, "skip_bad_lines": opts.skip_bad_lines,
+            "shard_size_limit": opts.shard_size_limit}
+
+
+def _existing_config(out: str) -> dict | None:
+    try:
+        with open(os.path.join(out, MANIFEST_NAME)) as f:
+            manifest = json.load(f)
+    except (OSError, json.JSONDecodeError):
+        return None
+    return manifest if isinstance(manifest, dict) else None
+
+
+def _config_diff(old: dict, new: dict) -> list[str]:
+    keys = [k for k in new if old.get(k) != new[k]] + [k for k in old if k not in new]
+    return [("input files" if k == "inputs" else k) for k in keys] or ["arguments"]
+
+
+def _publish(tmp: str, out: str) -> None:
+    """Replace ``out`` by the finished ``tmp`` with renames (same parent folder, so atomic steps)."""
+    if os.path.exists(out):
+        old = tempfile.mkdtemp(prefix=f".{os.path.basename(out)}.old-", dir=os.path.dirname(out))
+        os.rename(out, os.path.join(old, "data"))
+        os.rename(tmp, out)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        os.rename(tmp, out)
+
+
+# --------------------------------------------------------------------------------------------------
+# Tokenization work items (run in worker processes, or in-process when workers == 1)
+
+
+@dataclass
+class Chunk:
+    domain: str
+    path: str
+    linenos: list[int]
+    lines: list[bytes]
+    is_eval: np.ndarray  # bool per line
+
+
+@dataclass
+class ChunkResult:
+    domain: str
+    tokens: dict[str, np.ndarray]  # split → concatenated [BOS] + ids + [EOS] of the kept documents
+    counts: dict[str, SplitCounts]  # only the docs_* fields are set here
+    error: str | None = None
+
+
+_WORKER: dict = {}
+
+
+def _init_worker(tokenizer_path: str, text_field: str, skip_bad_lines: bool, dtype: str) -> None:
+    _WORKER.update(tok=load_tokenizer(tokenizer_path), text_field=text_field, skip_bad_lines=skip_bad_lines,
+                   dtype=np.dtype(dtype))
+
+
+def _parse_line(line: bytes, *, path: str, lineno: int, text_field: str) -> tuple[str | None, str | None]:
+    """(text, None) or (None, error message naming the file and line)."""
+    where = f"{path}:{lineno}"
+    fix = "fix the line or pass --skip_bad_lines"
+    try:
+        decoded = line.decode("utf-8")
+    except UnicodeDecodeError as e:
+        return None, f"{where}: not valid UTF-8 (byte {e.start} of the line: {line[e.start:e.start + 4]!r}); " \
+                     f"re-encode the file as UTF-8 or pass --skip_bad_lines"
+    try:
+        obj = json.loads(decoded)
+    except json.JSONDecodeError as e:
+        return None, f"{where}: malformed JSON ({e.msg} at column {e.colno}); {fix}"
+    if not isinstance(obj, dict) or text_field not in obj:
+        keys = sorted(obj)[:8] if isinstance(obj, dict) else f"a JSON {type(obj).__name__}, not an object"
+        return None, f"{where}: no {text_field!r} field (found: {keys}); set --text_field or {fix}"
+    text = obj[text_field]
+    if not isinstance(text, str):
+        return None, f"{where}: field {text_field!r} is a JSON {type(text).__name__}, not a string; {fix}"
+    return text, None
+
+
+def tokenize_chunk(chunk: Chunk) -> ChunkResult:
+    tok, field_name, dtype = _WORKER["tok"], _WORKER["text_field"], _WORKER["dtype"]
+    ids = {s: [] for s in SPLITS}
+    counts = {s: SplitCounts() for s in SPLITS}
+    bos, eos = tok.bos_id, tok.eos_id
+    for lineno, line, is_eval in zip(chunk.linenos, chunk.lines, chunk.is_eval):
+        split = "eval" if is_eval else "train"
+        c = counts[split]
+        c.docs_read += 1
+        text, error = _parse_line(line, path=chunk.path, lineno=lineno, text_field=field_name)
+        if text is not None and not text.strip():
+            c.docs_skipped_empty += 1
+            continue
+        if text is not None:
+            try:
+                encoded = tok.encode(text)
+            except UnicodeEncodeError as e:
+                error = f"{chunk.path}:{lineno}: text is not encodable as UTF-8 ({e.reason}, e.g. an unpaired " \
+                        f"surrogate escape); fix the line or pass --skip_bad_lines"
+        if error is not None:
+            if not _WORKER["skip_bad_lines"]:
+                return ChunkResult(chunk.domain, {}, counts, error=error)
+            c.docs_skipped_bad += 1
+            continue
+        out = ids[split]
+        out.append(bos)
+        out.extend(encoded)
+        out.append(eos)
+        c.docs_written += 1
+    return ChunkResult(chunk.domain, {s: np.asarray(v, dtype) for s, v in ids.items()}, counts)
+
+
+def _chunks(domains: list[Domain], eval_docs: dict[str, np.ndarray]) -> Iterator[Chunk]:
+    for d in domains:
+        eval_idx = eval_docs[d.name]
+        doc = 0
+        for path in d.files:
+            linenos, lines, nbytes = [], [], 0
+            for lineno, line in iter_documents(path):
+                linenos.append(lineno)
+                lines.append(line)
+                nbytes += len(line)
+                if nbytes >= CHUNK_BYTES or len(lines) >= CHUNK_LINES:
+                    yield _make_chunk(d.name, path, linenos, lines, doc, eval_idx)
+                    doc += len(lines)
+                    linenos, lines, nbytes = [], [], 0
+            if lines:
+                yield _make_chunk(d.name, path, linenos, lines, doc, eval_idx)
+                doc += len(lines)
+
+
+def _make_chunk(domain: str, path: str, linenos: list[int], lines: list[bytes], first_doc: int,
+                eval_idx: np.ndarray) -> Chunk:
+    docs = np.arange(first_doc, first_doc + len(lines))
+    return Chunk(domain, path, linenos, lines, np.isin(docs, eval_idx))
+
+
+def _ordered_results(chunks: Iterator[Chunk], *, workers: int, init_args: tuple) -> Iterator[ChunkResult]:
+    """``tokenize_chunk`` over ``chunks`` in order, in ``workers`` processes with bounded look-ahead."""
+    if workers == 1:
+        _init_worker(*init_args)
+        yield from map(tokenize_chunk, chunks)
+        return
+    import multiprocessing
+
+    ctx = multiprocessing.get_context("spawn")  # no fork of a process that may hold threads
+    with ctx.Pool(workers, initializer=_init_worker, initargs=init_args) as pool:
+        pending = collections.deque()
+        for chunk in chunks:
+            pending.append(pool.apply_async(tokenize_chunk, (chunk,)))
+            if len(pending) >= 2 * workers:
+                yield pending.popleft().get()
+        while pending:
+            yield pending.popleft().get()
+
+
+# --------------------------------------------------------------------------------------------------
+# The run
+
+
+@dataclass
+class _DomainOutput:
+    """Packers and MDS writers of one domain's splits."""
+
+    packers: dict[str, RowPacker]
+    writers: dict
+    counts: dict[str, SplitCounts] = field(default_factory=lambda: {s: SplitCounts() for s in SPLITS})
+
+    def add(self, result: ChunkResult) -> None:
+        for split, c in result.counts.items():
+            self.counts[split].add(c)
+        for split, tokens in result.tokens.items():
+            if not len(tokens):
+                continue
+            rows = self.packers[split].add(tokens)
+            for row in rows:
+                self.writers[split].write({TOKENS_COLUMN: row})
+            self.counts[split].rows += len(rows)
+
+    def finish(self, seq_len: int) -> None:
+        for split, writer in self.writers.items():
+            writer.finish()
+            c = self.counts[split]
+            c.tokens_written = c.rows * seq_len
+            c.tokens_dropped = self.packers[split].tail
+
+
+def _prepare_into(tmp: str, domains: list[Domain], opts: PrepareOptions, tok, *, config: dict, workers: int,
+                  progress: bool) -> dict:
+    from streaming import MDSWriter
+    from tqdm import tqdm
+
+    started = time.time()
+    dtype = token_dtype(tok.vocab_size)
+    for special, value in (("bos_id", tok.bos_id), ("eos_id", tok.eos_id)):
+        if not 0 <= value < tok.vocab_size:
+            raise DataPrepError(f"--tokenizer {opts.tokenizer}: {special}={value} lies outside the vocabulary "
+                                f"(size {tok.vocab_size})")
+
+    n_docs, eval_idx = {}, {}
+    count_bar = tqdm(total=sum(len(d.files) for d in domains), desc="counting documents", unit="file",
+                     disable=not progress)
+    for d in domains:
+        n_docs[d.name] = 0
+        for f in d.files:
+            n_docs[d.name] += count_documents(f)
+            count_bar.update(1)
+        if n_docs[d.name] == 0:
+            raise DataPrepError(f"--input {d.name}={d.path}: the domain is empty (its {len(d.files)} file(s) "
+                                f"hold no documents); remove it or point it at data")
+        try:
+            k = eval_doc_count(n_docs[d.name], eval_fraction=opts.eval_fraction, eval_docs=opts.eval_docs)
+        except ValueError as e:
+            raise DataPrepError(f"domain {d.name}: {e}; lower --eval_fraction / --eval_docs or add documents") from e
+        eval_idx[d.name] = choose_eval_docs(n_docs[d.name], k, seed=opts.seed, domain=d.name)
+    count_bar.close()
+
+    tok.save_to(os.path.join(tmp, "tokenizer"))
+    column = {TOKENS_COLUMN: f"ndarray:{dtype.name}:{opts.seq_len}"}
+    outputs: dict[str, _DomainOutput] = {}
+    for d in domains:
+        splits = SPLITS if len(eval_idx[d.name]) else ("train",)
+        outputs[d.name] = _DomainOutput(
+            packers={s: RowPacker(opts.seq_len, dtype) for s in splits},
+            writers={s: MDSWriter(out=split_dir(tmp, d.name, s), columns=column, size_limit=opts.shard_size_limit)
+                     for s in splits})
+
+    bar = tqdm(total=sum(n_docs.values()), desc="tokenizing", unit="doc", disable=not progress)
+    init_args = (opts.tokenizer, opts.text_field, opts.skip_bad_lines, dtype.name)
+    results = _ordered_results(_chunks(domains, eval_idx), workers=workers, init_args=init_args)
+    try:
+        for result in results:
+            if result.error is not None:
+                raise DataPrepError(result.error)
+            outputs[result.domain].add(result)
+            bar.update(sum(c.docs_read for c in result.counts.values()))
+    finally:
+        results.close()  # stops the worker processes now, also on an error
+        bar.close()
+
+    domain_entries = {}
+    for d in domains:
+        o = outputs[d.name]
+        o.finish(opts.seq_len)
+        _check_split_has_rows(d, o.counts, opts.seq_len, has_eval=bool(len(eval_idx[d.name])))
+        domain_entries[d.name] = {"path": d.path, "files": len(d.files),
+                                  **{s: o.counts[s].to_dict() for s in SPLITS}}
+
+    manifest = {
+        "format": FORMAT, "version": VERSION,
+        "seq_len": opts.seq_len, "dtype": dtype.name, "column": TOKENS_COLUMN,
+        "vocab_size": tok.vocab_size, "bos_id": tok.bos_id, "eos_id": tok.eos_id,
+        "tokenizer": {"path": os.path.abspath(opts.tokenizer), "kind": tok.kind, "sha256": config["tokenizer"]["sha256"],
+                      "copy": "tokenizer"},
+        "packing": "[BOS] + ids + [EOS] per document, concatenated per domain and split, cut into rows of seq_len "
+                   "tokens; the final tail (< seq_len tokens) is dropped and counted as tokens_dropped",
+        "domains": domain_entries,
+        "seconds": round(time.time() - started, 3),
+        "config": config,
+    }
+    write_json_atomic(os.path.join(tmp, MANIFEST_NAME), manifest)
+    return manifest
+
+
+def _check_split_has_rows(d: Domain, counts: dict[str, SplitCounts], seq_len: int, *, has_eval: bool) -> None:
+    for split in SPLITS if has_eval else ("train",):
+        c = counts[split]
+        if c.rows == 0:
+            more = "--eval_fraction / --eval_docs" if split == "eval" else "data"
+            raise DataPrepError(f"domain {d.name} ({d.path}): its {split} split has {c.docs_written} usable "
+                                f"document(s) with {c.tokens_dropped} tokens, less than one row of --seq_len "
+                                f"{seq_len}; lower --seq_len or raise {more}")
+
+
+# --------------------------------------------------------------------------------------------------
+# Command line (data_prep/prepare.py)
+
+
+def build_arg_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="data_prep/prepare.py",
+        description="Tokenize jsonl documents per domain into fixed-length token rows in MDS shards "
+                    "(DIR/<domain>/{train,eval}/) with DIR/manifest.json. Rerunning with the same arguments "
+                    "does nothing.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    g = p.add_argument_group("input")
+    g.add_argument("--input", action="append", required=True, metavar="NAME=PATH",
+                   help="a domain: NAME (its folder name in the output) = a .jsonl/.jsonl.gz/.jsonl.zst file or a "
+                        "folder searched recursively for them (RedPajama: one folder per domain); repeat per domain")
+    g.add_argument("--text_field", default="text", help="the JSON field that holds each document's text")
+    g.add_argument("--skip_bad_lines", action="store_true",
+                   help="skip (and count in the manifest) lines with malformed JSON, no text field or bad UTF-8, "
+                        "instead of stopping with an error naming the file and line")
+    g = p.add_argument_group("tokenization")
+    g.add_argument("--tokenizer", required=True,
+                   help="a SentencePiece .model file or a Hugging Face tokenizer folder")
+    g.add_argument("--seq_len", type=int, default=4096,
+                   help="tokens per row; documents are packed as [BOS] ids [EOS] back to back, the final tail of "
+                        "each domain and split (< seq_len tokens) is dropped and counted")
+    g.add_argument("--workers", type=int, default=1, help="tokenizer processes (1 = tokenize in this process)")
+    g = p.add_argument_group("eval split (documents held out per domain, disjoint from train)")
+    ev = g.add_mutually_exclusive_group()
+    ev.add_argument("--eval_fraction", type=float, default=0.01,
+                    help="fraction of each domain's documents held out (at least one when > 0; 0 = no eval split)")
+    ev.add_argument("--eval_docs", type=int, default=None, help="number of documents per domain held out "
+                                                                "(instead of --eval_fraction)")
+    g.add_argument("--seed", type=int, default=0, help="seed of the eval-document choice")
+    g = p.add_argument_group("output")
+    g.add_argument("--out", required=True, metavar="DIR",
+                   help="output folder; written via a temporary folder next to it and published by rename")
+    g.add_argument("--overwrite", action="store_true",
+                   help="replace an existing DIR that was prepared with different arguments or input files")
+    g.add_argument("--shard_size_limit", type=int, default=1 << 26, help="bytes per MDS shard file")
+    g.add_argument("--no_progress", action="store_true", help="no progress bars")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_arg_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    from ast_ds.data.tokenizer import TokenizerError
+
+    try:
+        result = prepare(args.input, tokenizer=args.tokenizer, out=args.out, seq_len=args.seq_len,
+                         text_field=args.text_field, eval_fraction=args.eval_fraction, eval_docs=args.eval_docs,
+                         seed=args.seed, skip_bad_lines=args.skip_bad_lines, workers=args.workers,
+                         overwrite=args.overwrite, shard_size_limit=args.shard_size_limit,
+                         progress=not args.no_progress)
+    except (DataPrepError, TokenizerError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    if result.up_to_date:
+        print(f"{result.out} is up to date (same arguments, tokenizer and input files); nothing to do")
+    else:
+        print(f"wrote {result.out}")
+    print(format_counts(result.manifest))
+    return 0
