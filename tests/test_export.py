@@ -1,0 +1,50 @@
+import json
+import os
+
+import pytest
+import torch
+
+from ast_ds.checkpoint import CheckpointError
+from ast_ds.consolidate import stitch_masks
+from ast_ds.export import apply_mask, sparsity_report, write_hf_folder
+from ast_ds.sparsity import magnitude_nm_mask, pack_bits
+
+
+def test_apply_mask_writes_positive_zero():
+    w = torch.tensor([[-1.0, -2.0, 3.0, -0.5]])
+    out = apply_mask(w, magnitude_nm_mask(w))
+    assert out.tolist() == [[0.0, -2.0, 3.0, 0.0]]
+    assert not torch.signbit(out[out == 0]).any()
+
+
+def test_stitch_masks_from_rank_slices_and_detects_gaps():
+    full = torch.rand(24) > 0.5
+    # two ranks, layout (name, global_start, length) per sub-group, slices of 13 and 11 elements
+    ranks = [{"layout": [[("w", 0, 13)]], "packed": [pack_bits(full[:13])]},
+             {"layout": [[("w", 13, 11)]], "packed": [pack_bits(full[13:])]}]
+    assert torch.equal(stitch_masks(ranks, {"w": 24})["w"], full)
+    with pytest.raises(CheckpointError, match="inconsistently"):
+        stitch_masks(ranks[:1], {"w": 24})
+
+
+def test_report_and_folder_roundtrip(tmp_path):
+    torch.manual_seed(0)
+    w = torch.randn(8, 16)
+    sd = {"layers.0.q_proj.weight": apply_mask(w, magnitude_nm_mask(w)), "norm.weight": torch.ones(16)}
+    report = sparsity_report(sd, ["layers.0.q_proj.weight"], n=2, m=4)
+    assert report["all_ok"] and report["target_sparsity"] == pytest.approx(0.5)
+    bad = dict(sd, **{"layers.0.q_proj.weight": w})
+    assert not sparsity_report(bad, ["layers.0.q_proj.weight"], n=2, m=4)["all_ok"]
+    cfg_dir = tmp_path / "cfg"
+    cfg_dir.mkdir()
+    (cfg_dir / "config.json").write_text(json.dumps({"model_type": "llama"}))
+    out = tmp_path / "out"
+    write_hf_folder(str(out), state_dict=sd, config_dir=str(cfg_dir), dtype="bf16", report=report)
+    assert json.loads((out / "config.json").read_text())["torch_dtype"] == "bfloat16"
+    from safetensors.torch import load_file
+
+    back = load_file(str(out / "model.safetensors"))
+    assert back["layers.0.q_proj.weight"].dtype == torch.bfloat16
+    with pytest.raises(ValueError, match="already exists"):
+        write_hf_folder(str(out), state_dict=sd, config_dir=str(cfg_dir), dtype="bf16", report=report)
+    assert not [f for f in os.listdir(tmp_path) if f.startswith(".tmp")]
