@@ -226,7 +226,9 @@ class MultiDomainLoader:
             logger.warning("loader state saved at world size %d, resumed at %d: rows stay disjoint and unrepeated "
                            "within each epoch, but the batches differ from the uninterrupted run",
                            state["world_size"], self.world_size)
-        self.set_weights(state["weights"])
+        self.set_weights(state["weights"])  # validates; then the exact saved values (no second normalisation)
+        self._p = np.array([float(state["weights"][d]) for d in self.domains], dtype=np.float64)
+        self.weights = {d: float(p) for d, p in zip(self.domains, self._p)}
         self._rng.bit_generator.state = state["rng"]
         self._cursor = [int(state["cursor"][d]) for d in self.domains]
         self._epoch = [int(state["epoch"][d]) for d in self.domains]
