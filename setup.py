@@ -18,6 +18,7 @@ setup(
         "torch>=2.4,<2.15",
         "deepspeed>=0.16,<0.20",
         "transformers>=4.44,<5",  # mosaicml-streaming pins transformers<5
+        "accelerate>=0.26",  # transformers needs it to build models under ZeRO-3 (from_pretrained + zero.Init)
         "mosaicml-streaming>=0.11,<0.14",
         "sentencepiece>=0.2",
         "datasets>=2.20",

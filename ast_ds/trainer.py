@@ -35,7 +35,7 @@ def _param_groups(model, weight_decay: float):
             {"params": [p for p, mx in zip(trainable, matrix) if not mx], "weight_decay": 0.0}]
 
 
-def _mean_over_ranks(values: list[float], device) -> list[float]:
+def _mean_over_ranks(values: list[float], device) -> list[float]:  # collective
     t = torch.tensor(values, dtype=torch.float64, device=device)
     dist.all_reduce(t)
     return (t / dist.get_world_size()).tolist()
@@ -44,29 +44,22 @@ def _mean_over_ranks(values: list[float], device) -> list[float]:
 @torch.no_grad()
 def domain_eval_losses(engine, *, data_dir: str, domains: list[str], micro_batch: int, max_batches: int,
                        device) -> dict[str, float]:
-    """Mean next-token loss per domain on its eval split; every rank runs the same number of forwards
-    (ZeRO-3 gathers inside forward) and gets the same all-reduced numbers."""
-    from ast_ds.data.loader import eval_batches
+    """Mean next-token loss per domain on its eval split, the same all-reduced numbers on every rank.
+    Every rank runs the same number of forwards (ZeRO-3 gathers parameters inside forward)."""
+    import torch.nn.functional as F
+
+    from ast_ds.data.domain_weights import measure_domain_losses
+
+    def row_losses(batch):
+        ids = batch["input_ids"].to(device)
+        logits = engine(input_ids=ids, use_cache=False).logits
+        # one row at a time: the fp32 upcast of the logits stays [T, V]
+        return torch.stack([F.cross_entropy(logits[i, :-1].float(), ids[i, 1:]) for i in range(len(ids))])
 
     was_training = engine.training
     engine.eval()
-    out = {}
-    for domain in domains:
-        batches = list(eval_batches(data_dir=data_dir, domain=domain, micro_batch=micro_batch,
-                                    max_batches=max_batches, rank=dist.get_rank(),
-                                    world_size=dist.get_world_size()))
-        count = torch.tensor([len(batches)], device=device)
-        dist.all_reduce(count, op=dist.ReduceOp.MIN)
-        sums = torch.zeros(2, dtype=torch.float64, device=device)
-        for batch in batches[: int(count)]:
-            ids = batch["input_ids"].to(device)
-            logits = engine(input_ids=ids, use_cache=False).logits
-            labels = shift_labels(ids)
-            _, _, ce = distill_loss(logits, None, labels, alpha=0.0)
-            valid = int((labels >= 0).sum())
-            sums += torch.tensor([ce.item() * valid, valid], dtype=torch.float64, device=device)
-        dist.all_reduce(sums)
-        out[domain] = float(sums[0] / sums[1]) if sums[1] > 0 else float("nan")
+    out = measure_domain_losses(row_losses, data_dir=data_dir, domains=domains, micro_batch=micro_batch,
+                                max_batches=max_batches, rank=dist.get_rank(), world_size=dist.get_world_size())
     if was_training:
         engine.train()
     return out

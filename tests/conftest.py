@@ -22,7 +22,8 @@ def free_port() -> int:
 def run_torchrun(script: str, nproc: int, args: list[str], *, timeout: int = 600) -> subprocess.CompletedProcess:
     """Run ``tests/dist/<script>`` (or an absolute script path) on ``nproc`` CPU processes; fail the test
     with the output tail on error."""
-    env = dict(os.environ, DS_ACCELERATOR="cpu", OMP_NUM_THREADS="1", PYTHONPATH=ROOT, TOKENIZERS_PARALLELISM="false")
+    env = dict(os.environ, DS_ACCELERATOR="cpu", OMP_NUM_THREADS="1", PYTHONPATH=ROOT, TOKENIZERS_PARALLELISM="false",
+               PYTHONWARNINGS="ignore::FutureWarning,ignore::UserWarning,ignore::DeprecationWarning")
     cmd = [sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={nproc}",
            f"--master_port={free_port()}", os.path.join(ROOT, "tests", "dist", script), *args]  # join keeps absolute
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout)
