@@ -29,7 +29,7 @@ setup(
         "matplotlib>=3.7",
     ],
     extras_require={
-        "dev": ["pytest>=8", "ninja"],
+        "dev": ["pytest>=8", "ninja", "zstandard>=0.22"],  # zstandard: the .jsonl.zst data tests
         "zstd": ["zstandard>=0.22"],
     },
 )

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import collections
+import contextlib
 import json
 import logging
 import os
@@ -285,23 +286,35 @@ def _make_chunk(domain: str, path: str, linenos: list[int], lines: list[bytes], 
     return Chunk(domain, path, linenos, lines, np.isin(docs, eval_idx))
 
 
-def _ordered_results(chunks: Iterator[Chunk], *, workers: int, init_args: tuple) -> Iterator[ChunkResult]:
-    """``tokenize_chunk`` over ``chunks`` in order, in ``workers`` processes with bounded look-ahead."""
+@contextlib.contextmanager
+def _tokenizer_pool(workers: int, init_args: tuple):
+    """``workers`` tokenizer processes (None: tokenize in this process when ``workers == 1``).
+
+    Started before the counting pass so that their start-up overlaps it; terminated on exit, also
+    on an error."""
     if workers == 1:
         _init_worker(*init_args)
-        yield from map(tokenize_chunk, chunks)
+        yield None
         return
     import multiprocessing
 
     ctx = multiprocessing.get_context("spawn")  # no fork of a process that may hold threads
     with ctx.Pool(workers, initializer=_init_worker, initargs=init_args) as pool:
-        pending = collections.deque()
-        for chunk in chunks:
-            pending.append(pool.apply_async(tokenize_chunk, (chunk,)))
-            if len(pending) >= 2 * workers:
-                yield pending.popleft().get()
-        while pending:
+        yield pool
+
+
+def _ordered_results(chunks: Iterator[Chunk], pool) -> Iterator[ChunkResult]:
+    """``tokenize_chunk`` over ``chunks`` in order; in ``pool`` with at most 2 chunks per process in flight."""
+    if pool is None:
+        yield from map(tokenize_chunk, chunks)
+        return
+    pending = collections.deque()
+    for chunk in chunks:
+        pending.append(pool.apply_async(tokenize_chunk, (chunk,)))
+        if len(pending) >= 2 * pool._processes:
             yield pending.popleft().get()
+    while pending:
+        yield pending.popleft().get()
 
 
 # --------------------------------------------------------------------------------------------------
@@ -337,71 +350,30 @@ class _DomainOutput:
 
 def _prepare_into(tmp: str, domains: list[Domain], opts: PrepareOptions, tok, *, config: dict, workers: int,
                   progress: bool) -> dict:
-    from streaming import MDSWriter
-    from tqdm import tqdm
-
     started = time.time()
     dtype = token_dtype(tok.vocab_size)
     for special, value in (("bos_id", tok.bos_id), ("eos_id", tok.eos_id)):
         if not 0 <= value < tok.vocab_size:
             raise DataPrepError(f"--tokenizer {opts.tokenizer}: {special}={value} lies outside the vocabulary "
                                 f"(size {tok.vocab_size})")
-
-    n_docs, eval_idx = {}, {}
-    count_bar = tqdm(total=sum(len(d.files) for d in domains), desc="counting documents", unit="file",
-                     disable=not progress)
-    for d in domains:
-        n_docs[d.name] = 0
-        for f in d.files:
-            n_docs[d.name] += count_documents(f)
-            count_bar.update(1)
-        if n_docs[d.name] == 0:
-            raise DataPrepError(f"--input {d.name}={d.path}: the domain is empty (its {len(d.files)} file(s) "
-                                f"hold no documents); remove it or point it at data")
-        try:
-            k = eval_doc_count(n_docs[d.name], eval_fraction=opts.eval_fraction, eval_docs=opts.eval_docs)
-        except ValueError as e:
-            raise DataPrepError(f"domain {d.name}: {e}; lower --eval_fraction / --eval_docs or add documents") from e
-        eval_idx[d.name] = choose_eval_docs(n_docs[d.name], k, seed=opts.seed, domain=d.name)
-    count_bar.close()
-
-    tok.save_to(os.path.join(tmp, "tokenizer"))
-    column = {TOKENS_COLUMN: f"ndarray:{dtype.name}:{opts.seq_len}"}
-    outputs: dict[str, _DomainOutput] = {}
-    for d in domains:
-        splits = SPLITS if len(eval_idx[d.name]) else ("train",)
-        outputs[d.name] = _DomainOutput(
-            packers={s: RowPacker(opts.seq_len, dtype) for s in splits},
-            writers={s: MDSWriter(out=split_dir(tmp, d.name, s), columns=column, size_limit=opts.shard_size_limit)
-                     for s in splits})
-
-    bar = tqdm(total=sum(n_docs.values()), desc="tokenizing", unit="doc", disable=not progress)
     init_args = (opts.tokenizer, opts.text_field, opts.skip_bad_lines, dtype.name)
-    results = _ordered_results(_chunks(domains, eval_idx), workers=workers, init_args=init_args)
-    try:
-        for result in results:
-            if result.error is not None:
-                raise DataPrepError(result.error)
-            outputs[result.domain].add(result)
-            bar.update(sum(c.docs_read for c in result.counts.values()))
-    finally:
-        results.close()  # stops the worker processes now, also on an error
-        bar.close()
+    with _tokenizer_pool(workers, init_args) as pool:
+        n_docs, eval_idx = _count_and_choose_eval(domains, opts, progress=progress)
+        tok.save_to(os.path.join(tmp, "tokenizer"))
+        outputs = _tokenize_and_write(tmp, domains, opts, pool, dtype=dtype, n_docs=n_docs, eval_idx=eval_idx,
+                                      progress=progress)
 
     domain_entries = {}
     for d in domains:
-        o = outputs[d.name]
-        o.finish(opts.seq_len)
-        _check_split_has_rows(d, o.counts, opts.seq_len, has_eval=bool(len(eval_idx[d.name])))
+        _check_split_has_rows(d, outputs[d.name].counts, opts.seq_len, has_eval=bool(len(eval_idx[d.name])))
         domain_entries[d.name] = {"path": d.path, "files": len(d.files),
-                                  **{s: o.counts[s].to_dict() for s in SPLITS}}
-
+                                  **{s: outputs[d.name].counts[s].to_dict() for s in SPLITS}}
     manifest = {
         "format": FORMAT, "version": VERSION,
         "seq_len": opts.seq_len, "dtype": dtype.name, "column": TOKENS_COLUMN,
         "vocab_size": tok.vocab_size, "bos_id": tok.bos_id, "eos_id": tok.eos_id,
-        "tokenizer": {"path": os.path.abspath(opts.tokenizer), "kind": tok.kind, "sha256": config["tokenizer"]["sha256"],
-                      "copy": "tokenizer"},
+        "tokenizer": {"path": os.path.abspath(opts.tokenizer), "kind": tok.kind,
+                      "sha256": config["tokenizer"]["sha256"], "copy": "tokenizer"},
         "packing": "[BOS] + ids + [EOS] per document, concatenated per domain and split, cut into rows of seq_len "
                    "tokens; the final tail (< seq_len tokens) is dropped and counted as tokens_dropped",
         "domains": domain_entries,
@@ -410,6 +382,61 @@ def _prepare_into(tmp: str, domains: list[Domain], opts: PrepareOptions, tok, *,
     }
     write_json_atomic(os.path.join(tmp, MANIFEST_NAME), manifest)
     return manifest
+
+
+def _count_and_choose_eval(domains: list[Domain], opts: PrepareOptions, *,
+                           progress: bool) -> tuple[dict[str, int], dict[str, np.ndarray]]:
+    """The counting pass: documents per domain, and the sorted indices of each domain's eval documents."""
+    from tqdm import tqdm
+
+    n_docs, eval_idx = {}, {}
+    bar = tqdm(total=sum(len(d.files) for d in domains), desc="counting documents", unit="file",
+               disable=not progress)
+    for d in domains:
+        n_docs[d.name] = 0
+        for f in d.files:
+            n_docs[d.name] += count_documents(f)
+            bar.update(1)
+        if n_docs[d.name] == 0:
+            raise DataPrepError(f"--input {d.name}={d.path}: the domain is empty (its {len(d.files)} file(s) "
+                                f"hold no documents); remove it or point it at data")
+        try:
+            k = eval_doc_count(n_docs[d.name], eval_fraction=opts.eval_fraction, eval_docs=opts.eval_docs)
+        except ValueError as e:
+            raise DataPrepError(f"domain {d.name}: {e}; lower --eval_fraction / --eval_docs or add documents") from e
+        eval_idx[d.name] = choose_eval_docs(n_docs[d.name], k, seed=opts.seed, domain=d.name)
+    bar.close()
+    return n_docs, eval_idx
+
+
+def _tokenize_and_write(tmp: str, domains: list[Domain], opts: PrepareOptions, pool, *, dtype: np.dtype,
+                        n_docs: dict[str, int], eval_idx: dict[str, np.ndarray],
+                        progress: bool) -> dict[str, _DomainOutput]:
+    from streaming import MDSWriter
+    from tqdm import tqdm
+
+    column = {TOKENS_COLUMN: f"ndarray:{dtype.name}:{opts.seq_len}"}
+    outputs: dict[str, _DomainOutput] = {}
+    for d in domains:
+        splits = SPLITS if len(eval_idx[d.name]) else ("train",)
+        outputs[d.name] = _DomainOutput(
+            packers={s: RowPacker(opts.seq_len, dtype) for s in splits},
+            writers={s: MDSWriter(out=split_dir(tmp, d.name, s), columns=column, size_limit=opts.shard_size_limit)
+                     for s in splits})
+    bar = tqdm(total=sum(n_docs.values()), desc="tokenizing", unit="doc", disable=not progress)
+    results = _ordered_results(_chunks(domains, eval_idx), pool)
+    try:
+        for result in results:
+            if result.error is not None:
+                raise DataPrepError(result.error)
+            outputs[result.domain].add(result)
+            bar.update(sum(c.docs_read for c in result.counts.values()))
+    finally:
+        results.close()
+        bar.close()
+    for o in outputs.values():
+        o.finish(opts.seq_len)
+    return outputs
 
 
 def _check_split_has_rows(d: Domain, counts: dict[str, SplitCounts], seq_len: int, *, has_eval: bool) -> None:
