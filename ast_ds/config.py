@@ -40,6 +40,15 @@ class SparsityConfig:
     """Δt: refresh the magnitude mask every this many optimizer steps (0 = fixed mask)."""
     track_initial: bool = True
     """Keep the initial mask (1 bit per local weight) to report the initial flip rate."""
+    method: str = "ast"
+    """ast (masked forward, annealed L2 SR-STE in AdamW) | cast (dense forward, AdamS L1 decay, hard prune
+    at export)."""
+    slorb_k: int = 0
+    """SLoRB (AST-Boosted) group size k; 0 = off, the paper uses 16. Not pure N:M at inference."""
+    scaling_groups: int = 0
+    """CAST weight scaling: learnable scale per row and per this many column groups (0 = off, CAST uses 2)."""
+    init_mask: str = ""
+    """A one-shot-pruned Hugging Face folder whose N:M pattern is the initial mask (ablation)."""
 
 
 @dataclass(kw_only=True)
@@ -140,6 +149,11 @@ class TrainConfig:
         need(0 <= self.sparsity.ramp_fraction <= 1, "sparsity.ramp_fraction", "must lie in [0, 1] (0 = static SR-STE)")
         need(self.sparsity.mask_interval >= 0, "sparsity.mask_interval", "must be >= 0 (0 = fixed mask)")
         need(bool(self.sparsity.targets), "sparsity.targets", "name at least one linear (e.g. q_proj)")
+        need(self.sparsity.method in ("ast", "cast"), "sparsity.method", f"{self.sparsity.method!r} is not ast or cast")
+        need(self.sparsity.slorb_k >= 0 and self.sparsity.scaling_groups >= 0, "sparsity.slorb_k/scaling_groups",
+             "must be >= 0 (0 = off)")
+        need(not (self.sparsity.init_mask and not os.path.isdir(self.sparsity.init_mask)), "sparsity.init_mask",
+             f"{self.sparsity.init_mask!r} is not a folder (give a launchers/prune_oneshot.py output)")
         need(0 <= self.distill.alpha <= 1, "distill.alpha", "must lie in [0, 1]")
         need(self.distill.temperature > 0, "distill.temperature", "must be > 0")
         need(self.distill.chunk_tokens > 0, "distill.chunk_tokens", "must be > 0")

@@ -13,6 +13,7 @@ import os
 import torch
 
 from ast_ds.checkpoint import COMPLETE, CheckpointError, complete_tags, read_meta
+from ast_ds.converters import EXPORT_FILE, fold_for_export
 from ast_ds.export import apply_mask, sparsity_report, write_hf_folder
 from ast_ds.sparsity.nm_mask import parse_nm, unpack_bits
 
@@ -78,7 +79,7 @@ def consolidate(checkpoint: str, out: str, *, dtype: str = "bf16", overwrite: bo
     state_dict = {k: v.float() for k, v in state_dict.items()}
 
     report_extra = {"checkpoint": os.path.abspath(tag_dir), "step": meta.get("step"), "mode": meta.get("mode")}
-    targets = []
+    targets, modules = [], {"slorb": [], "weight_scaling_folded": []}
     if meta.get("mode") == "ast":
         n, m = parse_nm(meta["pattern"])
         rank_states = []
@@ -93,6 +94,7 @@ def consolidate(checkpoint: str, out: str, *, dtype: str = "bf16", overwrite: bo
         if unknown:
             raise CheckpointError(f"masks name weights the checkpoint lacks: {unknown[:3]}")
         masks = stitch_masks(rank_states, {nm: state_dict[nm].numel() for nm in names})
+        modules = fold_for_export(state_dict, names)  # CAST weight scaling folded; SLoRB tensors kept
         for name in tqdm(names, desc="apply N:M masks", unit="layer"):
             keep = masks[name].view(state_dict[name].shape)
             per_group = keep.view(-1, m).sum(1)
@@ -107,8 +109,13 @@ def consolidate(checkpoint: str, out: str, *, dtype: str = "bf16", overwrite: bo
     report = sparsity_report(cast, targets, n=n, m=m) if targets else {"all_ok": True, "num_targets": 0,
                                                                          "note": "dense checkpoint"}
     report.update(report_extra)
+    report["pure_nm"] = not modules["slorb"]
+    if modules["slorb"]:
+        report["note"] = (f"SLoRB: {len(modules['slorb'])} dense low-rank branches beside the N:M weights; not pure "
+                          f"N:M (load with ast_ds.converters.load_exported)")
     if targets and not report["all_ok"]:
         bad = [k for k, v in report["layers"].items() if not v["ok"]]
         raise CheckpointError(f"N:M check failed after export for {bad[:3]}; nothing was written")
-    write_hf_folder(out, state_dict=cast, config_dir=meta_dir, dtype=dtype, report=report, overwrite=overwrite)
+    write_hf_folder(out, state_dict=cast, config_dir=meta_dir, dtype=dtype, report=report, overwrite=overwrite,
+                    extra_files={EXPORT_FILE: modules})
     return report

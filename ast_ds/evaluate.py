@@ -37,13 +37,12 @@ def read_documents(path: str, *, text_field: str = "text") -> list[str]:
 
 
 def load_model(model_dir: str, device: str = "cpu"):
-    from transformers import AutoModelForCausalLM
-
+    """An exported folder, SLoRB branches rebuilt when present (``ast_ds.converters.load_exported``)."""
+    from ast_ds.converters import load_exported
     from ast_ds.model import check_model_dir
 
     check_model_dir(model_dir, what="--model")
-    model = AutoModelForCausalLM.from_pretrained(model_dir, torch_dtype=torch.float32)
-    return model.to(device).eval()
+    return load_exported(model_dir, dtype=torch.float32).to(device).eval()
 
 
 @torch.no_grad()

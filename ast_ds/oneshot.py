@@ -1,11 +1,19 @@
 """One-shot N:M pruning baselines (no training): HF folder -> HF folder, same format as consolidation.
 
-``magnitude`` keeps the N largest |w| of every group of M along the input dimension.
+* ``magnitude``: the N largest |w| of every group of M along the input dimension;
+* ``wanda``: |w|·‖x_j‖ with activation norms from calibration data;
+* ``sparsegpt``: OBS reconstruction with N:M selection (block 128, dampening 0.01).
+
+Wanda and SparseGPT run layer by layer, as their papers do: the calibration inputs of block i come
+from blocks 0..i−1 already pruned; statistics of all target linears of a block are collected in one
+pass (forward hooks; the pass stops after the block), then the block is pruned.
 """
 
 from __future__ import annotations
 
 import os
+
+import torch
 
 from ast_ds.config import LLAMA_TARGETS
 from ast_ds.export import apply_mask, load_hf_state_dict, sparsity_report, write_hf_folder
@@ -19,17 +27,110 @@ def target_keys(state_dict: dict, modules: list[str] | tuple[str, ...] = LLAMA_T
     return sorted(keys)
 
 
+def calibration_inputs(calib: str, *, tokenizer_dir: str, nsamples: int, seq_len: int, seed: int = 0) -> torch.Tensor:
+    """``[nsamples, seq_len]`` token windows: random rows of a prepared folder's train splits, or random
+    windows of a text/jsonl file's token stream (seeded)."""
+    g = torch.Generator().manual_seed(seed)
+    if os.path.isfile(os.path.join(calib, "manifest.json")):
+        from ast_ds.data.loader import MultiDomainLoader
+
+        loader = MultiDomainLoader(data_dir=calib, micro_batch=nsamples, seed=seed, rank=0, world_size=1)
+        return loader.next_batch()["input_ids"]
+    from ast_ds.data.tokenizer import load_tokenizer
+    from ast_ds.evaluate import read_documents
+
+    tok = load_tokenizer(tokenizer_dir)
+    ids = torch.tensor([tok.bos_id] + tok.encode("\n\n".join(read_documents(calib))), dtype=torch.long)
+    if len(ids) <= seq_len:
+        raise ValueError(f"--calib {calib} has {len(ids)} tokens, fewer than one window of {seq_len}")
+    starts = torch.randint(0, len(ids) - seq_len, (nsamples,), generator=g)
+    return torch.stack([ids[s:s + seq_len] for s in starts.tolist()])
+
+
+class _StopForward(Exception):
+    pass
+
+
+@torch.no_grad()
+def prune_layerwise(model, targets: list[str], inputs: torch.Tensor, *, method: str, n: int, m: int,
+                    blocksize: int = 128, percdamp: float = 0.01, micro_batch: int = 8) -> None:
+    """Wanda / SparseGPT on ``model`` in place, block by block (module docstring)."""
+    from ast_ds.sparsity.oneshot_math import sparsegpt_prune, wanda_mask
+
+    blocks = model.model.layers
+    for index, block in enumerate(blocks):
+        prefix = f"model.layers.{index}."
+        names = [t for t in targets if t.startswith(prefix)]
+        if not names:
+            continue
+        linears = {t: model.get_submodule(t.rsplit(".", 1)[0]) for t in names}
+        stats = {t: None for t in names}
+
+        def collect(name):
+            def hook(module, args, output):
+                x = args[0].detach().reshape(-1, args[0].shape[-1]).double()
+                s = (x * x).sum(0) if method == "wanda" else x.T @ x
+                stats[name] = s if stats[name] is None else stats[name] + s
+            return hook
+
+        def stop(module, args, output):
+            raise _StopForward
+
+        handles = [lin.register_forward_hook(collect(t)) for t, lin in linears.items()]
+        handles.append(block.register_forward_hook(stop))
+        try:
+            for i in range(0, len(inputs), micro_batch):
+                try:
+                    model(input_ids=inputs[i:i + micro_batch], use_cache=False)
+                except _StopForward:
+                    pass
+        finally:
+            for h in handles:
+                h.remove()
+        for t, lin in linears.items():
+            w = lin.weight.data
+            if method == "wanda":
+                w.copy_(apply_mask(w, wanda_mask(w.float(), stats[t].float(), n=n, m=m)))
+            else:
+                pruned, keep = sparsegpt_prune(w.float(), stats[t], n=n, m=m, blocksize=blocksize,
+                                               percdamp=percdamp)
+                w.copy_(apply_mask(pruned, keep).to(w.dtype))
+
+
 def prune_oneshot(model_dir: str, out: str, *, method: str = "magnitude", pattern: str = "2:4",
-                  modules=LLAMA_TARGETS, dtype: str = "fp32", overwrite: bool = False) -> dict:
+                  modules=LLAMA_TARGETS, dtype: str = "fp32", overwrite: bool = False, calib: str | None = None,
+                  nsamples: int = 128, seq_len: int = 2048, blocksize: int = 128, percdamp: float = 0.01,
+                  seed: int = 0, device: str = "cpu") -> dict:
     n, m = parse_nm(pattern)
-    sd = load_hf_state_dict(model_dir)
-    targets = target_keys(sd, modules)
     if method == "magnitude":
+        sd = load_hf_state_dict(model_dir)
+        targets = target_keys(sd, modules)
         for k in targets:
             sd[k] = apply_mask(sd[k], magnitude_nm_mask(sd[k], n=n, m=m))
+    elif method in ("wanda", "sparsegpt"):
+        if not calib:
+            raise ValueError(f"--method {method} needs --calib (a text/jsonl file or a data_prep folder)")
+        from ast_ds.evaluate import load_model
+
+        model = load_model(model_dir, device)
+        targets = target_keys(dict(model.named_parameters()), modules)
+        inputs = calibration_inputs(calib, tokenizer_dir=model_dir, nsamples=nsamples, seq_len=seq_len,
+                                    seed=seed).to(device)
+        prune_layerwise(model, targets, inputs, method=method, n=n, m=m, blocksize=blocksize, percdamp=percdamp)
+        sd = {k: v.detach().float().cpu() for k, v in model.state_dict().items()}
     else:
-        raise ValueError(f"--method {method!r}: choose magnitude")
+        raise ValueError(f"--method {method!r}: choose magnitude, wanda or sparsegpt")
     report = sparsity_report(sd, targets, n=n, m=m)
-    report.update(method=method, source=os.path.abspath(model_dir))
+    report.update(method=method, source=os.path.abspath(model_dir), calib=calib, nsamples=nsamples)
     write_hf_folder(out, state_dict=sd, config_dir=model_dir, dtype=dtype, report=report, overwrite=overwrite)
     return report
+
+
+def masks_of_pruned_folder(model_dir: str, names, *, n: int, m: int) -> dict:
+    """The N:M keep-masks of a one-shot-pruned folder's target weights: the N largest |w| of every
+    group, i.e. its nonzeros (exactly N per group even where a kept weight happens to be 0)."""
+    sd = load_hf_state_dict(model_dir)
+    missing = [k for k in names if k not in sd]
+    if missing:
+        raise ValueError(f"sparsity.init_mask {model_dir} lacks {missing[:3]}; prune the same model architecture")
+    return {k: magnitude_nm_mask(sd[k], n=n, m=m) for k in names}

@@ -89,6 +89,11 @@ def train(cfg: TrainConfig, *, ds_config_path: str, resume: str | None = None, s
     import deepspeed
 
     # ---- distributed set-up and config -----------------------------------------------------------
+    # mosaicml-streaming finds the ranks of a node from LOCAL_WORLD_SIZE, which torchrun sets and the
+    # deepspeed launcher does not (it sets LOCAL_SIZE); without it every rank believes it leads its node
+    # and they collide on the node's shared memory.
+    if "LOCAL_WORLD_SIZE" not in os.environ and "LOCAL_SIZE" in os.environ:
+        os.environ["LOCAL_WORLD_SIZE"] = os.environ["LOCAL_SIZE"]
     deepspeed.init_distributed()
     rank, world = dist.get_rank(), dist.get_world_size()
     setup_logging(rank)
@@ -125,27 +130,42 @@ def train(cfg: TrainConfig, *, ds_config_path: str, resume: str | None = None, s
         _export_meta(run_dir, student.config, model_path=cfg.model.path, data_dir=cfg.data.data_dir)
 
     # ---- optimizer: ASTAdamW owns the N:M masks and the annealed SR-STE decay ---------------------
-    groups = _param_groups(student, cfg.optim.weight_decay)
     opt_args = dict(lr=cfg.optim.lr, betas=tuple(cfg.optim.betas), eps=cfg.optim.eps,
                     weight_decay=cfg.optim.weight_decay)
     masks = decay = None
     if sparse:
+        from ast_ds.converters import add_slorb, add_weight_scaling
         from ast_ds.zero import ShardedMasks
 
-        n, m = parse_nm(cfg.sparsity.pattern)
-        targets = sparse_target_names(student, cfg.sparsity.targets)
-        masks = ShardedMasks(targets, n=n, m=m, track_initial=cfg.sparsity.track_initial)
-        decay = DecaySchedule(cfg.sparsity.lam_max, cfg.total_steps,
-                              t0=round(cfg.sparsity.ramp_fraction * cfg.total_steps))
-        optimizer = ASTAdamW(groups, masks=masks, decay=decay, mask_interval=cfg.sparsity.mask_interval, **opt_args)
+        sp = cfg.sparsity
+        n, m = parse_nm(sp.pattern)
+        targets = sparse_target_names(student, sp.targets)
+        # converters add parameters before DeepSpeed wraps the model, so ZeRO-3 partitions them too
+        if sp.slorb_k:
+            add_slorb(student, targets, k=sp.slorb_k, n=n, m=m)
+        if sp.scaling_groups:
+            add_weight_scaling(student, targets, groups=sp.scaling_groups)
+        groups = _param_groups(student, cfg.optim.weight_decay)
+        masks = ShardedMasks(targets, n=n, m=m, track_initial=sp.track_initial, mask_forward=sp.method == "ast")
+        if sp.method == "cast":  # AdamS: constant λ, mixed in with α_t = t / T
+            decay = DecaySchedule(sp.lam_max, cfg.total_steps, t0=0)
+        else:
+            decay = DecaySchedule(sp.lam_max, cfg.total_steps, t0=round(sp.ramp_fraction * cfg.total_steps))
+        optimizer = ASTAdamW(groups, masks=masks, decay=decay, mask_interval=sp.mask_interval,
+                             rule="adams" if sp.method == "cast" else "ast", total_steps=cfg.total_steps, **opt_args)
     else:
-        optimizer = torch.optim.AdamW(groups, foreach=False, **opt_args)
+        optimizer = torch.optim.AdamW(_param_groups(student, cfg.optim.weight_decay), foreach=False, **opt_args)
     schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(
         s, warmup=cfg.optim.warmup_steps, total=cfg.total_steps, min_ratio=cfg.optim.min_lr_ratio))
     engine, _, _, _ = deepspeed.initialize(model=student, optimizer=optimizer, lr_scheduler=schedule, config=ds_cfg)
     device = engine.device
-    if masks is not None:
-        masks.bind(engine)  # initial masks from W0; the forward now sees W ⊙ m
+    if masks is not None:  # initial masks (from W0, or a one-shot method); the forward now sees W ⊙ m
+        initial = None
+        if cfg.sparsity.init_mask:
+            from ast_ds.oneshot import masks_of_pruned_folder
+
+            initial = masks_of_pruned_folder(cfg.sparsity.init_mask, masks.target_names, n=n, m=m)
+        masks.bind(engine, initial_keep=initial)
 
     # ---- teacher: the frozen dense model, an optimizer-less ZeRO-3 engine -------------------------
     teacher = None
@@ -177,7 +197,9 @@ def train(cfg: TrainConfig, *, ds_config_path: str, resume: str | None = None, s
 
     # ---- resume -----------------------------------------------------------------------------------
     ckpt = Checkpointer(os.path.join(run_dir, "checkpoints"), keep_last=cfg.keep_last)
-    meta = {"mode": cfg.mode, "pattern": cfg.sparsity.pattern if sparse else None}
+    meta = {"mode": cfg.mode, "pattern": cfg.sparsity.pattern if sparse else None,
+            "method": cfg.sparsity.method if sparse else None, "slorb_k": cfg.sparsity.slorb_k if sparse else 0,
+            "scaling_groups": cfg.sparsity.scaling_groups if sparse else 0}
     step, tokens = 0, 0
     if resume:
         tag_dir = find_checkpoint(ckpt.root, resume)

@@ -19,13 +19,19 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def run_torchrun(script: str, nproc: int, args: list[str], *, timeout: int = 600) -> subprocess.CompletedProcess:
+def run_torchrun(script: str, nproc: int, args: list[str], *, timeout: int = 600,
+                 launcher: str = "torchrun") -> subprocess.CompletedProcess:
     """Run ``tests/dist/<script>`` (or an absolute script path) on ``nproc`` CPU processes; fail the test
     with the output tail on error."""
     env = dict(os.environ, DS_ACCELERATOR="cpu", OMP_NUM_THREADS="1", PYTHONPATH=ROOT, TOKENIZERS_PARALLELISM="false",
                PYTHONWARNINGS="ignore::FutureWarning,ignore::UserWarning,ignore::DeprecationWarning")
-    cmd = [sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={nproc}",
-           f"--master_port={free_port()}", os.path.join(ROOT, "tests", "dist", script), *args]  # join keeps absolute
+    script = os.path.join(ROOT, "tests", "dist", script)  # join keeps an absolute path as is
+    if launcher == "deepspeed":  # the launcher users run; it sets LOCAL_SIZE, not torchrun's LOCAL_WORLD_SIZE
+        cmd = [os.path.join(os.path.dirname(sys.executable), "deepspeed"), f"--num_gpus={nproc}",
+               f"--master_port={free_port()}", script, *args]
+    else:
+        cmd = [sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={nproc}",
+               f"--master_port={free_port()}", script, *args]
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout)
     if proc.returncode != 0:
         pytest.fail(f"{' '.join(cmd)} failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-6000:]}")

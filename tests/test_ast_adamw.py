@@ -110,3 +110,40 @@ def test_mask_refresh_every_interval_and_fixed_mask():
         opt.step()
     assert torch.equal(fixed.mask_of(w2), initial)
     assert not torch.equal(magnitude_nm_mask(w2), initial)
+
+
+def test_adams_step_against_hand_computation():
+    """CAST AdamS: pruned entries mix λ·sign(θ) into the first moment with α_t = t/T."""
+    from ast_ds.optim.ast_adamw import adams_update_
+
+    w = torch.tensor([0.5, -0.3, 0.2, -0.1], dtype=torch.float64)
+    keep = torch.tensor([True, False, True, False])
+    grads = [torch.tensor([0.1, -0.2, 0.3, -0.4], dtype=torch.float64),
+             torch.tensor([-0.05, 0.1, 0.1, 0.2], dtype=torch.float64)]
+    lr, b1, b2, eps, lam, T = 0.01, 0.9, 0.95, 1e-8, 0.3, 4
+    p, m, v = w.clone(), torch.zeros(4, dtype=torch.float64), torch.zeros(4, dtype=torch.float64)
+    exp, mu, nu = w.tolist(), [0.0] * 4, [0.0] * 4
+    for t, g in enumerate(grads, start=1):
+        a = t / T
+        adams_update_(p, g, m, v, step=t, lr=lr, beta1=b1, beta2=b2, eps=eps, weight_decay=0.0, keep=keep, lam=lam,
+                      mix=a)
+        for i in range(4):
+            mu[i] = b1 * mu[i] + (1 - b1) * g[i].item()
+            sign = math.copysign(1.0, exp[i])
+            ut = mu[i] if keep[i] else (1 - a) * mu[i] + a * lam * sign
+            nu[i] = b2 * nu[i] + (1 - b2) * ut * ut
+            exp[i] -= lr * ut / ((1 - b1 ** t) * (math.sqrt(nu[i] / (1 - b2 ** t)) + eps))
+        assert p.tolist() == pytest.approx(exp, rel=1e-12, abs=1e-15)
+
+
+def test_adams_rule_in_the_optimizer_needs_total_steps():
+    w = torch.randn(4, 8)
+    masks = FullTensorMasks({w: "w"})
+    with pytest.raises(ValueError, match="total_steps"):
+        ASTAdamW([w], masks=masks, decay=lambda t: 1e-3, rule="adams")
+    opt = ASTAdamW([w], masks=masks, decay=lambda t: 1e-3, rule="adams", total_steps=10, lr=1e-2)
+    w.grad = torch.zeros_like(w)
+    before = w.clone()
+    opt.step()
+    keep = masks.mask_of(w)
+    assert torch.equal(w[keep], before[keep]) and not torch.equal(w[~keep], before[~keep])

@@ -49,7 +49,8 @@ def runs(workspace):
     full, split = workspace / "full", workspace / "split"
     run_torchrun(TRAIN, 2, train_args(workspace, full))
     run_torchrun(TRAIN, 2, train_args(workspace, split, "--stop_at", "3"))
-    run_torchrun(TRAIN, 2, train_args(workspace, split, "--resume", "auto"))
+    # the second half under the deepspeed launcher, as users run it
+    run_torchrun(TRAIN, 2, train_args(workspace, split, "--resume", "auto"), launcher="deepspeed")
     return full, split
 
 

@@ -74,6 +74,31 @@ def adamw_update_(param: torch.Tensor, grad: torch.Tensor, exp_avg: torch.Tensor
     param.sub_(tmp)
 
 
+def adams_update_(param: torch.Tensor, grad: torch.Tensor, exp_avg: torch.Tensor, exp_avg_sq: torch.Tensor, *,
+                  step: int, lr: float, beta1: float, beta2: float, eps: float, weight_decay: float,
+                  keep: torch.Tensor | None = None, lam: float = 0.0, mix: float = 0.0) -> None:
+    """CAST's AdamS, in place: on pruned entries the first moment is convex-mixed with the L1 decay,
+    μ̃ = (1−α_t)·μ + α_t·λ·sign(θ) (α_t = ``mix`` = t/T); kept entries use μ̃ = μ; the second moment is
+    built from μ̃ and the step is Adam's with bias correction. ``keep=None``: plain AdamW."""
+    if keep is None:
+        return adamw_update_(param, grad, exp_avg, exp_avg_sq, step=step, lr=lr, beta1=beta1, beta2=beta2,
+                             eps=eps, weight_decay=weight_decay)
+    if keep.dtype != torch.bool:
+        raise TypeError(f"keep masks must be torch.bool, got {keep.dtype}")
+    l1 = torch.sign(param).mul_(lam * mix)  # sign of θ_{t−1}, before any update
+    if weight_decay:
+        param.mul_(1.0 - lr * weight_decay)
+    tmp = torch.mul(grad, 1.0 - beta1)
+    exp_avg.mul_(beta1).add_(tmp)
+    u = torch.where(keep, exp_avg, torch.mul(exp_avg, 1.0 - mix).add_(l1))
+    torch.mul(u, u, out=tmp).mul_(1.0 - beta2)
+    exp_avg_sq.mul_(beta2).add_(tmp)
+    bias1, bias2 = 1.0 - beta1 ** step, 1.0 - beta2 ** step
+    torch.div(exp_avg_sq, bias2, out=tmp).sqrt_().add_(eps)
+    torch.div(u, tmp, out=tmp).mul_(lr / bias1)
+    param.sub_(tmp)
+
+
 def _split_runs(numel: int, runs: Sequence[tuple[int, int, torch.Tensor]]):
     """Cover ``[0, numel)`` with (offset, length, keep-or-None) pieces, dense gaps included."""
     pos = 0
@@ -95,20 +120,27 @@ class ASTAdamW(torch.optim.Optimizer):
         masks: the :class:`MaskStore` that knows the target runs of each stepped tensor.
         decay: ``step -> λ`` (e.g. :class:`ast_ds.sparsity.DecaySchedule`); 0 disables the decay.
         mask_interval: Δt, refresh the masks after every Δt-th step; 0 keeps the mask fixed.
+        rule: ``"ast"`` (eq. 20–23, L2 decay λ(t)·(¬m⊙W) added to the moment) or ``"adams"`` (CAST:
+            L1 decay λ·sign(W) mixed into the moment with α_t = t / ``total_steps``).
     """
 
     def __init__(self, params, *, masks: MaskStore, decay: Callable[[int], float], mask_interval: int = 10,
                  lr: float = 2e-5, betas: tuple[float, float] = (0.9, 0.95), eps: float = 1e-8,
-                 weight_decay: float = 0.0):
+                 weight_decay: float = 0.0, rule: str = "ast", total_steps: int | None = None):
         if lr < 0 or eps < 0 or weight_decay < 0 or not (0 <= betas[0] < 1 and 0 <= betas[1] < 1):
             raise ValueError(f"invalid ASTAdamW hyperparameters lr={lr} betas={betas} eps={eps} "
                              f"weight_decay={weight_decay}")
         if mask_interval < 0:
             raise ValueError(f"mask_interval={mask_interval} must be >= 0 (0 = fixed mask)")
         super().__init__(params, dict(lr=lr, betas=tuple(betas), eps=eps, weight_decay=weight_decay))
+        if rule not in ("ast", "adams"):
+            raise ValueError(f"rule={rule!r}: choose 'ast' or 'adams'")
+        if rule == "adams" and not total_steps:
+            raise ValueError("rule='adams' needs total_steps (α_t = t / T)")
         self.masks = masks
         self.decay = decay
         self.mask_interval = mask_interval
+        self.rule, self.total_steps = rule, total_steps
 
     @torch.no_grad()
     def step(self, closure=None):
@@ -131,10 +163,12 @@ class ASTAdamW(torch.optim.Optimizer):
                 lam = float(self.decay(step))
                 flat = [t.view(-1) for t in (p, p.grad, state["exp_avg"], state["exp_avg_sq"])]
                 runs = self.masks.runs(p)
+                extra = {"mix": min(1.0, step / self.total_steps)} if self.rule == "adams" else {}
+                update = adams_update_ if self.rule == "adams" else adamw_update_
                 for offset, length, keep in _split_runs(p.numel(), runs):
-                    adamw_update_(*(t.narrow(0, offset, length) for t in flat), step=step, lr=group["lr"],
-                                  beta1=beta1, beta2=beta2, eps=group["eps"],
-                                  weight_decay=group["weight_decay"], keep=keep, lam=lam)
+                    update(*(t.narrow(0, offset, length) for t in flat), step=step, lr=group["lr"], beta1=beta1,
+                           beta2=beta2, eps=group["eps"], weight_decay=group["weight_decay"], keep=keep, lam=lam,
+                           **extra)
                 if self.mask_interval and step % self.mask_interval == 0:
                     # The refresh decision depends only on the step and on the tensor's layout, which are
                     # the same on every rank, so a collective inside refresh() is safe.

@@ -77,9 +77,12 @@ class ShardedMasks:
     engine on every rank.
     """
 
-    def __init__(self, targets: Iterable[str], *, n: int = 2, m: int = 4, track_initial: bool = True):
+    def __init__(self, targets: Iterable[str], *, n: int = 2, m: int = 4, track_initial: bool = True,
+                 mask_forward: bool = True):
+        """``mask_forward=False`` (CAST): the masks steer only the optimizer; the forward stays dense."""
         check_nm(n, m)
         self.n, self.m = n, m
+        self.mask_forward = mask_forward
         self.target_names = set(targets)
         self.track_initial = track_initial
         self.counter = FlipCounter()
@@ -89,9 +92,11 @@ class ShardedMasks:
         self._zopt = None
 
     # ------------------------------------------------------------------ set-up
-    def bind(self, engine) -> "ShardedMasks":
-        """Map the targets onto ``engine``'s partitions, compute the initial masks, write ``W ⊙ m`` into
-        the working partitions and hook DeepSpeed's fp32 -> working copy. Collective: every rank calls."""
+    def bind(self, engine, *, initial_keep: dict[str, torch.Tensor] | None = None) -> "ShardedMasks":
+        """Map the targets onto ``engine``'s partitions, compute the initial masks (magnitude of W₀, or
+        this rank's slices of ``initial_keep``: full bool masks by name, e.g. from a one-shot method),
+        write ``W ⊙ m`` into the working partitions and hook DeepSpeed's fp32 -> working copy.
+        Collective: every rank calls."""
         zopt = engine.optimizer
         if not hasattr(zopt, "fp32_partitioned_groups_flat"):
             raise ValueError("ShardedMasks needs a ZeRO stage-3 engine: set zero_optimization.stage = 3 in the "
@@ -135,12 +140,27 @@ class ShardedMasks:
             raise ValueError(f"sparse targets not found among the engine's trainable parameters: {sorted(missing)}")
         self._zopt = zopt
         for i, sg in enumerate(self._by_index):
-            keep = self._compute(sg, zopt.fp32_partitioned_groups_flat[i])
+            if initial_keep is None:
+                keep = self._compute(sg, zopt.fp32_partitioned_groups_flat[i])
+            else:
+                keep = self._slice_initial(sg, initial_keep, zopt.fp32_partitioned_groups_flat[i].device)
             sg.packed = pack_bits(keep)
             sg.initial = sg.packed.clone() if self.track_initial else None
         self._hook_copy(zopt)
         self.write_working_weights()
         return self
+
+    def _slice_initial(self, sg: _SubGroup, initial_keep: dict[str, torch.Tensor], device) -> torch.Tensor:
+        parts = []
+        for s in sg.segments:
+            full = initial_keep.get(s.name)
+            if full is None or full.numel() != s.numel:
+                raise ValueError(f"initial mask for {s.name} is missing or has {None if full is None else full.numel()} "
+                                 f"elements, expected {s.numel}")
+            if not torch.all(full.reshape(-1, self.m).sum(1) == self.n):
+                raise ValueError(f"initial mask for {s.name} does not keep exactly {self.n} of every {self.m}")
+            parts.append(full.reshape(-1)[s.global_start: s.global_start + s.length].to(device))
+        return torch.cat(parts) if parts else torch.zeros(0, dtype=torch.bool, device=device)
 
     def _hook_copy(self, zopt) -> None:
         original = zopt._reassign_or_swap_out_partitioned_parameters
@@ -246,7 +266,7 @@ class ShardedMasks:
     # ------------------------------------------------------------------ working weights
     def _mask_working(self, sub_group_id: int) -> None:
         sg = self._by_index[sub_group_id]
-        if sg.segments:
+        if sg.segments and self.mask_forward:
             keep, pos = self._keep(sg), 0
             for s in sg.segments:
                 if s.length:
