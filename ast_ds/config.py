@@ -218,6 +218,11 @@ def _coerce(value, current, key, source):
     elif isinstance(current, float):
         if isinstance(value, (int, float)) and not isinstance(value, bool):
             return float(value)
+        if isinstance(value, str):  # YAML 1.1 reads "1e-3" (no dot) as a string
+            try:
+                return float(value)
+            except ValueError:
+                pass
     elif isinstance(current, str):
         if isinstance(value, str):
             return value

@@ -24,9 +24,10 @@ def test_overrides_from_file_and_cli(tmp_path):
     parser = argparse.ArgumentParser()
     add_override_arguments(parser)
     args = parser.parse_args(["--optim.betas", "[0.8, 0.9]", "--total_steps", "12", "--data.weights",
-                              "{a: 1, b: 2}", "--sparsity.track_initial", "false"])
+                              "{a: 1, b: 2}", "--sparsity.track_initial", "false", "--sparsity.lam_max", "1e-3"])
     apply_overrides(cfg, overrides_from_args(args), source="cli")
     assert cfg.optim.lr == 5e-4 and cfg.sparsity.pattern == "4:8" and cfg.optim.betas == [0.8, 0.9]
+    assert cfg.sparsity.lam_max == 1e-3
     assert cfg.total_steps == 12 and cfg.data.weights == {"a": 1, "b": 2} and cfg.sparsity.track_initial is False
     with pytest.raises(ValueError, match="unknown config field 'optim.lrr'"):
         apply_overrides(cfg, {"optim.lrr": 1}, source="cli")

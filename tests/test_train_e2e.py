@@ -125,3 +125,54 @@ def test_damaged_checkpoints_are_refused(runs, tmp_path):
     with pytest.raises(CheckpointError, match="corrupted"):
         consolidate(str(tag), str(tmp_path / "out2"))
     assert not (tmp_path / "out1").exists() and not (tmp_path / "out2").exists()
+
+
+def short(ws, out, *extra):
+    return train_args(ws, out, "--total_steps", "4", "--save_every", "2", "--data.weights_mode", "constant", *extra)
+
+
+@pytest.mark.multiprocess
+def test_slorb_trains_resumes_exactly_and_exports_with_its_loader(workspace, tmp_path):
+    from ast_ds.consolidate import consolidate
+    from ast_ds.converters import SLoRBLinear, load_exported
+    from ast_ds.evaluate import perplexity
+
+    flags = ("--sparsity.slorb_k", "16")
+    run_torchrun(TRAIN, 2, short(workspace, tmp_path / "full", *flags))
+    run_torchrun(TRAIN, 2, short(workspace, tmp_path / "split", *flags, "--stop_at", "2"))
+    run_torchrun(TRAIN, 2, short(workspace, tmp_path / "split", *flags, "--resume", "auto"))
+    a, b = losses(tmp_path / "full"), losses(tmp_path / "split")
+    assert [a[s] for s in range(1, 5)] == [b[s] for s in range(1, 5)]
+    report = consolidate(str(tmp_path / "full"), str(tmp_path / "hf"), dtype="fp32")
+    assert report["all_ok"] and report["pure_nm"] is False and "SLoRB" in report["note"]
+    model = load_exported(str(tmp_path / "hf"))
+    slorb = [m for m in model.modules() if isinstance(m, SLoRBLinear)]
+    assert len(slorb) == 14 and slorb[0].slorb_s.shape == (slorb[0].out_features, slorb[0].in_features // 16)
+    # the branch was trained: X moved away from the block indicator it started as
+    x = slorb[0].slorb_x.detach()
+    assert not torch.equal(x, torch.repeat_interleave(torch.eye(x.shape[0]), 16, dim=1))
+    assert 1 < perplexity(str(tmp_path / "hf"), str(workspace / "raw" / "test.txt"), seq_len=32,
+                          max_windows=4)["ppl"] < 1e4
+
+
+@pytest.mark.multiprocess
+def test_cast_trains_dense_forward_and_exports_exact_2_4_with_scaling_folded(workspace, tmp_path):
+    from transformers import AutoModelForCausalLM
+
+    from ast_ds.consolidate import consolidate
+    from ast_ds.sparsity import verify_nm
+
+    run_torchrun(TRAIN, 2, short(workspace, tmp_path / "cast", "--sparsity.method", "cast",
+                                 "--sparsity.scaling_groups", "2", "--sparsity.lam_max", "1e-3"))
+    with open(tmp_path / "cast" / "metrics.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert max(float(r["sparsity"]) for r in rows) < 0.05  # CAST trains with a dense forward
+    report = consolidate(str(tmp_path / "cast"), str(tmp_path / "hf"), dtype="fp32")
+    assert report["all_ok"] and report["pure_nm"] is True
+    modules = json.loads((tmp_path / "hf" / "ast_ds_modules.json").read_text())
+    assert len(modules["weight_scaling_folded"]) == 14
+    model = AutoModelForCausalLM.from_pretrained(tmp_path / "hf")
+    for name, p in model.named_parameters():
+        assert "cast_scale" not in name
+        if name in report["layers"]:
+            assert verify_nm(p).ok
