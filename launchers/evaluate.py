@@ -2,6 +2,10 @@
 lines, non-overlapping windows) or on a prepared MDS folder's eval splits (per domain).
 
     python launchers/evaluate.py --model hf/llama2_7b_24 --data wikitext2_test.txt --seq_len 4096 --out ppl.json
+    python launchers/evaluate.py --model hf/llama2_7b_24 --lm_eval piqa,arc_easy,hellaswag --out zeroshot.json
+
+--lm_eval runs EleutherAI's lm-evaluation-harness (pip install -e '.[lm_eval]') on the exported model;
+--lm_eval_include adds a folder of local task YAMLs.
 """
 
 import argparse
@@ -15,21 +19,34 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", required=True, help="Hugging Face model folder (e.g. the output of consolidate.py)")
-    p.add_argument("--data", required=True, help="a .txt/.jsonl file, or a data_prep output folder")
+    p.add_argument("--data", help="a .txt/.jsonl file, or a data_prep output folder (perplexity)")
+    p.add_argument("--lm_eval", help="comma-separated lm-eval-harness tasks instead of perplexity")
+    p.add_argument("--lm_eval_include", help="folder of extra task YAMLs for --lm_eval")
+    p.add_argument("--limit", type=int, default=None, help="--lm_eval: examples per task (for smoke runs)")
+    p.add_argument("--num_fewshot", type=int, default=None, help="--lm_eval: few-shot examples")
     p.add_argument("--seq_len", type=int, default=2048, help="window length for text files")
     p.add_argument("--batch_size", type=int, default=8)
     p.add_argument("--max_windows", type=int, default=None, help="evaluate only the first N windows")
     p.add_argument("--device", default="cuda" if __import__("torch").cuda.is_available() else "cpu")
     p.add_argument("--out", help="write the result JSON here")
     args = p.parse_args(argv)
-    from ast_ds.evaluate import perplexity
-
+    if not args.data and not args.lm_eval:
+        p.error("give --data (perplexity) or --lm_eval TASKS")
     try:
-        result = perplexity(args.model, args.data, seq_len=args.seq_len, batch_size=args.batch_size,
-                            device=args.device, max_windows=args.max_windows)
+        if args.lm_eval:
+            from ast_ds.lm_eval_harness import run_lm_eval
+
+            result = run_lm_eval(args.model, [t for t in args.lm_eval.split(",") if t],
+                                 include_path=args.lm_eval_include, batch_size=args.batch_size, device=args.device,
+                                 limit=args.limit, num_fewshot=args.num_fewshot)
+        else:
+            from ast_ds.evaluate import perplexity
+
+            result = perplexity(args.model, args.data, seq_len=args.seq_len, batch_size=args.batch_size,
+                                device=args.device, max_windows=args.max_windows)
     except ValueError as e:
         sys.exit(f"error: {e}")
-    text = json.dumps(result, indent=2)
+    text = json.dumps(result, indent=2, default=str)
     print(text)
     if args.out:
         tmp = args.out + ".tmp"
