@@ -89,7 +89,8 @@ def prepare(inputs: dict[str, str] | list[str], *, tokenizer: str, out: str, seq
     """Tokenize ``inputs`` ({domain: path} or ["domain=path", ...]) into ``out``; see the module doc.
 
     Raises ``DataPrepError`` (bad input, with file and line) or ``TokenizerError``; on any error no
-    ``out`` is created or changed.
+    ``out`` is created or changed. With ``workers > 1`` the tokenizer processes are spawned, so a
+    script calling this must do so under ``if __name__ == "__main__":``.
     """
     opts = PrepareOptions(tokenizer=tokenizer, seq_len=seq_len, text_field=text_field,
                           eval_fraction=eval_fraction, eval_docs=eval_docs, seed=seed,
@@ -114,6 +115,10 @@ def prepare(inputs: dict[str, str] | list[str], *, tokenizer: str, out: str, seq
 
     parent = os.path.dirname(out)
     os.makedirs(parent, exist_ok=True)
+    stale = sorted(n for n in os.listdir(parent) if n.startswith(f".{os.path.basename(out)}.tmp-"))
+    if stale:
+        logger.warning("%s: %s left by an interrupted run (not in use unless another prepare of %s is running); "
+                       "safe to delete", parent, ", ".join(stale), out)
     tmp = tempfile.mkdtemp(prefix=f".{os.path.basename(out)}.tmp-", dir=parent)
     try:
         manifest = _prepare_into(tmp, domains, opts, tok, config=config, workers=workers, progress=progress)
