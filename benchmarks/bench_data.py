@@ -105,7 +105,7 @@ def raw_encode(model: str, texts: list[str], processes: int) -> tuple[int, float
         return n, time.perf_counter() - start
 
 
-def run_prepare(inputs, model, out, *, seq_len, workers) -> tuple[int, float]:
+def run_prepare(inputs, *, model, out, seq_len, workers) -> tuple[int, float]:
     from ast_ds.data.prepare import prepare
 
     start = time.perf_counter()
@@ -159,10 +159,10 @@ def main():
         best = {"raw1": 0.0, "prep1": 0.0, "raw2": 0.0, "prep2": 0.0}
         for r in range(args.rounds):
             for key, measure in (("raw1", lambda: raw_encode(model, texts, 1)),
-                                 ("prep1", lambda: run_prepare(inputs, model, os.path.join(root, f"w1_{r}"),
+                                 ("prep1", lambda: run_prepare(inputs, model=model, out=os.path.join(root, f"w1_{r}"),
                                                                seq_len=args.seq_len, workers=1)),
                                  ("raw2", lambda: raw_encode(model, texts, 2)),
-                                 ("prep2", lambda: run_prepare(inputs, model, os.path.join(root, f"w2_{r}"),
+                                 ("prep2", lambda: run_prepare(inputs, model=model, out=os.path.join(root, f"w2_{r}"),
                                                                seq_len=args.seq_len, workers=2))):
                 tokens, seconds = measure()
                 best[key] = max(best[key], tokens / seconds)

@@ -34,7 +34,7 @@ def expected_streams(domain: str, docs: list[str], sp) -> dict[str, list[int]]:
 
 
 def read_stream(data_dir: str, domain: str, split: str) -> np.ndarray:
-    reader = open_split(data_dir, domain, split)
+    reader = open_split(data_dir, domain=domain, split=split)
     return reader.rows(range(len(reader))).reshape(-1)
 
 

@@ -93,7 +93,7 @@ class SplitReader:
 _READERS: dict[tuple[str, str | None], SplitReader] = {}
 
 
-def open_split(data_dir: str, domain: str, split: str, *, remote: str | None = None,
+def open_split(data_dir: str, *, domain: str, split: str, remote: str | None = None,
                cache_dir: str | None = None) -> SplitReader:
     """The reader of ``domain``/``split``; one per process and folder (streaming forbids reusing a
     local folder for a second remote dataset, and each new dataset costs shared memory)."""
@@ -111,7 +111,7 @@ def open_split(data_dir: str, domain: str, split: str, *, remote: str | None = N
     return _READERS[key]
 
 
-def _domain_rows(manifest: dict, domain: str, split: str, data_dir: str) -> int:
+def _domain_rows(manifest: dict, *, domain: str, split: str, data_dir: str) -> int:
     if domain not in manifest["domains"]:
         raise ValueError(f"domain {domain!r} is not in {data_dir}/{MANIFEST_NAME} "
                          f"(it has: {', '.join(manifest['domains'])})")
@@ -147,8 +147,9 @@ class MultiDomainLoader:
         self.seq_len = int(self.manifest["seq_len"])
         self.vocab_size = int(self.manifest["vocab_size"])
         self.rank, self.world_size = resolve_rank_world(rank, world_size)
-        rows = {d: _domain_rows(self.manifest, d, split, data_dir) for d in self.domains}
-        self._readers = [open_split(data_dir, d, split, remote=remote, cache_dir=cache_dir) for d in self.domains]
+        rows = {d: _domain_rows(self.manifest, domain=d, split=split, data_dir=data_dir) for d in self.domains}
+        self._readers = [open_split(data_dir, domain=d, split=split, remote=remote, cache_dir=cache_dir)
+                         for d in self.domains]
         for d, reader in zip(self.domains, self._readers):
             if len(reader) < self.world_size:
                 raise ValueError(f"domain {d!r} {split} split has {len(reader)} rows, fewer than the "
@@ -248,10 +249,10 @@ def eval_batches(*, data_dir: str, domain: str, micro_batch: int, max_batches: i
     if micro_batch < 1:
         raise ValueError(f"micro_batch={micro_batch} must be >= 1")
     manifest = load_manifest(data_dir, remote=remote, cache_dir=cache_dir)
-    if _domain_rows(manifest, domain, "eval", data_dir) == 0:
+    if _domain_rows(manifest, domain=domain, split="eval", data_dir=data_dir) == 0:
         raise ValueError(f"domain {domain!r} has no eval rows in {data_dir}; prepare it with --eval_fraction > 0")
     index = list(manifest["domains"]).index(domain)
-    reader = open_split(data_dir, domain, "eval", remote=remote, cache_dir=cache_dir)
+    reader = open_split(data_dir, domain=domain, split="eval", remote=remote, cache_dir=cache_dir)
     r, w = resolve_rank_world(rank, world_size)
     mine = np.arange(r, len(reader) // w * w, w)
     if not len(mine):

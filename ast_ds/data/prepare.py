@@ -121,7 +121,8 @@ def prepare(inputs: dict[str, str] | list[str], *, tokenizer: str, out: str, seq
                        "safe to delete", parent, ", ".join(stale), out)
     tmp = tempfile.mkdtemp(prefix=f".{os.path.basename(out)}.tmp-", dir=parent)
     try:
-        manifest = _prepare_into(tmp, domains, opts, tok, config=config, workers=workers, progress=progress)
+        manifest = _prepare_into(tmp, domains=domains, opts=opts, tok=tok, config=config, workers=workers,
+                                 progress=progress)
         _publish(tmp, out)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -204,12 +205,20 @@ class ChunkResult:
     error: str | None = None
 
 
+@dataclass(frozen=True)
+class WorkerSettings:
+    tokenizer: str
+    text_field: str
+    skip_bad_lines: bool
+    dtype: str
+
+
 _WORKER: dict = {}
 
 
-def _init_worker(tokenizer_path: str, text_field: str, skip_bad_lines: bool, dtype: str) -> None:
-    _WORKER.update(tok=load_tokenizer(tokenizer_path), text_field=text_field, skip_bad_lines=skip_bad_lines,
-                   dtype=np.dtype(dtype))
+def _init_worker(settings: WorkerSettings) -> None:
+    _WORKER.update(tok=load_tokenizer(settings.tokenizer), text_field=settings.text_field,
+                   skip_bad_lines=settings.skip_bad_lines, dtype=np.dtype(settings.dtype))
 
 
 def _parse_line(line: bytes, *, path: str, lineno: int, text_field: str) -> tuple[str | None, str | None]:
@@ -277,34 +286,34 @@ def _chunks(domains: list[Domain], eval_docs: dict[str, np.ndarray]) -> Iterator
                 lines.append(line)
                 nbytes += len(line)
                 if nbytes >= CHUNK_BYTES or len(lines) >= CHUNK_LINES:
-                    yield _make_chunk(d.name, path, linenos, lines, doc, eval_idx)
+                    yield _make_chunk(d.name, path=path, linenos=linenos, lines=lines, first_doc=doc, eval_idx=eval_idx)
                     doc += len(lines)
                     linenos, lines, nbytes = [], [], 0
             if lines:
-                yield _make_chunk(d.name, path, linenos, lines, doc, eval_idx)
+                yield _make_chunk(d.name, path=path, linenos=linenos, lines=lines, first_doc=doc, eval_idx=eval_idx)
                 doc += len(lines)
 
 
-def _make_chunk(domain: str, path: str, linenos: list[int], lines: list[bytes], first_doc: int,
+def _make_chunk(domain: str, *, path: str, linenos: list[int], lines: list[bytes], first_doc: int,
                 eval_idx: np.ndarray) -> Chunk:
     docs = np.arange(first_doc, first_doc + len(lines))
     return Chunk(domain, path, linenos, lines, np.isin(docs, eval_idx))
 
 
 @contextlib.contextmanager
-def _tokenizer_pool(workers: int, init_args: tuple):
+def _tokenizer_pool(workers: int, settings: WorkerSettings):
     """``workers`` tokenizer processes (None: tokenize in this process when ``workers == 1``).
 
     Started before the counting pass so that their start-up overlaps it; terminated on exit, also
     on an error."""
     if workers == 1:
-        _init_worker(*init_args)
+        _init_worker(settings)
         yield None
         return
     import multiprocessing
 
     ctx = multiprocessing.get_context("spawn")  # no fork of a process that may hold threads
-    with ctx.Pool(workers, initializer=_init_worker, initargs=init_args) as pool:
+    with ctx.Pool(workers, initializer=_init_worker, initargs=(settings,)) as pool:
         yield pool
 
 
@@ -353,7 +362,7 @@ class _DomainOutput:
             c.tokens_dropped = self.packers[split].tail
 
 
-def _prepare_into(tmp: str, domains: list[Domain], opts: PrepareOptions, tok, *, config: dict, workers: int,
+def _prepare_into(tmp: str, *, domains: list[Domain], opts: PrepareOptions, tok, config: dict, workers: int,
                   progress: bool) -> dict:
     started = time.time()
     dtype = token_dtype(tok.vocab_size)
@@ -361,16 +370,17 @@ def _prepare_into(tmp: str, domains: list[Domain], opts: PrepareOptions, tok, *,
         if not 0 <= value < tok.vocab_size:
             raise DataPrepError(f"--tokenizer {opts.tokenizer}: {special}={value} lies outside the vocabulary "
                                 f"(size {tok.vocab_size})")
-    init_args = (opts.tokenizer, opts.text_field, opts.skip_bad_lines, dtype.name)
-    with _tokenizer_pool(workers, init_args) as pool:
+    settings = WorkerSettings(opts.tokenizer, opts.text_field, opts.skip_bad_lines, dtype.name)
+    with _tokenizer_pool(workers, settings) as pool:
         n_docs, eval_idx = _count_and_choose_eval(domains, opts, progress=progress)
         tok.save_to(os.path.join(tmp, "tokenizer"))
-        outputs = _tokenize_and_write(tmp, domains, opts, pool, dtype=dtype, n_docs=n_docs, eval_idx=eval_idx,
-                                      progress=progress)
+        outputs = _tokenize_and_write(tmp, domains=domains, opts=opts, pool=pool, dtype=dtype, n_docs=n_docs,
+                                      eval_idx=eval_idx, progress=progress)
 
     domain_entries = {}
     for d in domains:
-        _check_split_has_rows(d, outputs[d.name].counts, opts.seq_len, has_eval=bool(len(eval_idx[d.name])))
+        _check_split_has_rows(d, counts=outputs[d.name].counts, seq_len=opts.seq_len,
+                              has_eval=bool(len(eval_idx[d.name])))
         domain_entries[d.name] = {"path": d.path, "files": len(d.files),
                                   **{s: outputs[d.name].counts[s].to_dict() for s in SPLITS}}
     manifest = {
@@ -414,7 +424,7 @@ def _count_and_choose_eval(domains: list[Domain], opts: PrepareOptions, *,
     return n_docs, eval_idx
 
 
-def _tokenize_and_write(tmp: str, domains: list[Domain], opts: PrepareOptions, pool, *, dtype: np.dtype,
+def _tokenize_and_write(tmp: str, *, domains: list[Domain], opts: PrepareOptions, pool, dtype: np.dtype,
                         n_docs: dict[str, int], eval_idx: dict[str, np.ndarray],
                         progress: bool) -> dict[str, _DomainOutput]:
     from streaming import MDSWriter
@@ -444,7 +454,7 @@ def _tokenize_and_write(tmp: str, domains: list[Domain], opts: PrepareOptions, p
     return outputs
 
 
-def _check_split_has_rows(d: Domain, counts: dict[str, SplitCounts], seq_len: int, *, has_eval: bool) -> None:
+def _check_split_has_rows(d: Domain, *, counts: dict[str, SplitCounts], seq_len: int, has_eval: bool) -> None:
     for split in SPLITS if has_eval else ("train",):
         c = counts[split]
         if c.rows == 0:

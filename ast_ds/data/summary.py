@@ -29,7 +29,7 @@ def summarize(data_dir: str, *, rows: int = 2, split: str = "train", max_chars: 
         n = min(rows, entry[split]["rows"])
         if n == 0:
             continue
-        reader = open_split(data_dir, domain, split)
+        reader = open_split(data_dir, domain=domain, split=split)
         for i, row in enumerate(reader.rows(range(n))):
             text = tok.decode(row)
             text = text if len(text) <= max_chars else text[:max_chars] + " …"
