@@ -83,7 +83,7 @@ class DataConfig:
     domains: list[str] = field(default_factory=list)
     """Domains to train on (default: every domain in the manifest)."""
     weights: dict[str, float] = field(default_factory=dict)
-    """Initial domain weights (default: uniform)."""
+    """Initial domain weights (default: proportional to each domain's train rows)."""
     weights_mode: str = "constant"
     """constant | dynamic (Sheared-LLaMA dynamic batch loading)."""
     update_every: int = 100

@@ -23,9 +23,20 @@ THINGS = ["lamp", "book", "basket", "kite", "map", "violin", "bicycle", "teapot"
 ADJ = ["red", "old", "small", "shiny", "heavy", "quiet", "bright", "wooden", "broken", "new"]
 VERBS = [("found", "find"), ("bought", "buy"), ("painted", "paint"), ("fixed", "fix"), ("carried", "carry"),
          ("sold", "sell"), ("hid", "hide"), ("cleaned", "clean")]
-COUNTRIES = {"Norvia": "Tallin", "Estmark": "Brell", "Quorra": "Vantis", "Lumen": "Orlo", "Pexia": "Dunmore",
-             "Sarvel": "Kesh", "Tirra": "Moln", "Ulvan": "Pryce", "Wexley": "Hadra", "Zanth": "Corvo",
-             "Abria": "Selm", "Belor": "Fane", "Cadia": "Ostra", "Dorn": "Ybel", "Elyra": "Tumas"}
+
+
+def _made_up_names(count: int, seed: int) -> list[str]:
+    rng = random.Random(seed)
+    syllables = ["ba", "ce", "di", "fo", "gu", "ha", "ke", "li", "mo", "nu", "pa", "re", "si", "to", "vu", "za",
+                 "bri", "cla", "dro", "fen", "gal", "hor", "kin", "lor", "mar", "nel", "por", "quin", "ros", "tal"]
+    names: set[str] = set()
+    while len(names) < count:
+        names.add("".join(rng.choice(syllables) for _ in range(rng.randint(2, 3))).capitalize())
+    return sorted(names)
+
+
+# 240 made-up countries with made-up capitals: pure memorisation, the knowledge pruning destroys first
+COUNTRIES = dict(zip(_made_up_names(240, 1), _made_up_names(240, 2)))
 DOMAINS = ("stories", "facts", "arith", "code")
 
 
@@ -47,14 +58,14 @@ def _story(rng: random.Random) -> str:
 
 
 def _facts(rng: random.Random) -> str:
-    items = rng.sample(sorted(COUNTRIES), rng.randint(3, 6))
+    items = rng.sample(sorted(COUNTRIES), rng.randint(4, 8))
     return " ".join(f"The capital of {c} is {COUNTRIES[c]}." for c in items)
 
 
 def _arith(rng: random.Random) -> str:
     lines = []
     for _ in range(rng.randint(3, 6)):
-        a, b = rng.randint(0, 30), rng.randint(0, 30)
+        a, b = rng.randint(0, 60), rng.randint(0, 60)
         lines.append(rng.choice([f"{a} plus {b} equals {a + b}.", f"{a + b} minus {b} equals {a}."]))
     return " ".join(lines)
 
@@ -99,13 +110,15 @@ def train_tokenizer(raw_dir: str, model_prefix: str, *, vocab_size: int = 512) -
     spm.SentencePieceTrainer.train(sentence_iterator=iter(texts), model_prefix=model_prefix, vocab_size=vocab_size,
                                    model_type="bpe", character_coverage=1.0, pad_id=-1, unk_id=0, bos_id=1,
                                    eos_id=2, user_defined_symbols=["\n"], remove_extra_whitespaces=False,
+                                   normalization_rule_name="identity",  # as LLaMA's: HF and SP ids agree
                                    num_threads=2, minloglevel=2)
     return model_prefix + ".model"
 
 
-def init_model(out: str, *, tokenizer_model: str, vocab_size: int, seed: int = 0, hidden: int = 192,
-               intermediate: int = 512, layers: int = 4, heads: int = 6) -> str:
-    """A random-init tiny LLaMA folder (the dense teacher is pretrained from it)."""
+def init_model(out: str, *, tokenizer_model: str, vocab_size: int, seed: int = 0, hidden: int = 96,
+               intermediate: int = 256, layers: int = 4, heads: int = 3) -> str:
+    """A random-init tiny LLaMA folder (the dense teacher is pretrained from it). Small on purpose: with
+    capacity to spare, one-shot 2:4 pruning would cost almost nothing and the demo would show nothing."""
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM
 
@@ -122,11 +135,13 @@ def init_model(out: str, *, tokenizer_model: str, vocab_size: int, seed: int = 0
 
 
 def report(root: str, *, seq_len: int) -> dict:
+    """Perplexity on the held-out eval split of every domain (documents never trained on, in the
+    training format), token-weighted over domains."""
     from ast_ds.evaluate import perplexity
 
-    test = os.path.join(root, "raw", "test.txt")
+    test = os.path.join(root, "data")
     models = {"dense": "teacher_hf", "oneshot_magnitude": "magnitude_hf", "ast": "ast_hf"}
-    ppl = {k: perplexity(os.path.join(root, d), test, seq_len=seq_len, batch_size=8)["ppl"] for k, d in models.items()}
+    ppl = {k: perplexity(os.path.join(root, d), test, seq_len=seq_len, batch_size=16)["ppl"] for k, d in models.items()}
     gap = ppl["oneshot_magnitude"] - ppl["dense"]
     recovered = (ppl["oneshot_magnitude"] - ppl["ast"]) / gap if gap > 0 else float("nan")
     with open(os.path.join(root, "ast_hf", "sparsity_report.json")) as f:
@@ -139,7 +154,7 @@ def report(root: str, *, seq_len: int) -> dict:
     with open(tmp, "w") as f:
         json.dump(results, f, indent=2)
     os.replace(tmp, os.path.join(root, "results.json"))
-    print("\n  model                         perplexity (held-out test.txt)")
+    print("\n  model                         perplexity (held-out eval split, all domains)")
     print(f"  dense teacher                 {ppl['dense']:10.3f}")
     print(f"  one-shot magnitude 2:4        {ppl['oneshot_magnitude']:10.3f}")
     print(f"  AST 2:4 (ZeRO-3, KD)          {ppl['ast']:10.3f}   exact 2:4: {rep['all_ok']}")

@@ -43,7 +43,7 @@ def _mean_over_ranks(values: list[float], device) -> list[float]:  # collective
 
 @torch.no_grad()
 def domain_eval_losses(engine, *, data_dir: str, domains: list[str], micro_batch: int, max_batches: int,
-                       device) -> dict[str, float]:
+                       device, remote: str | None = None) -> dict[str, float]:
     """Mean next-token loss per domain on its eval split, the same all-reduced numbers on every rank.
     Every rank runs the same number of forwards (ZeRO-3 gathers parameters inside forward)."""
     import torch.nn.functional as F
@@ -59,7 +59,8 @@ def domain_eval_losses(engine, *, data_dir: str, domains: list[str], micro_batch
     was_training = engine.training
     engine.eval()
     out = measure_domain_losses(row_losses, data_dir=data_dir, domains=domains, micro_batch=micro_batch,
-                                max_batches=max_batches, rank=dist.get_rank(), world_size=dist.get_world_size())
+                                max_batches=max_batches, rank=dist.get_rank(), world_size=dist.get_world_size(),
+                                remote=remote)
     if was_training:
         engine.train()
     return out
@@ -183,7 +184,7 @@ def train(cfg: TrainConfig, *, ds_config_path: str, resume: str | None = None, s
     from ast_ds.data.domain_weights import DomainWeightUpdater, load_or_measure_ref_losses
 
     eval_args = dict(data_dir=cfg.data.data_dir, domains=loader.domains, micro_batch=cfg.micro_batch,
-                     max_batches=cfg.eval_batches, device=device)
+                     max_batches=cfg.eval_batches, device=device, remote=cfg.data.remote or None)
     ref_losses = None
     if cfg.data.weights_mode == "dynamic":
         if teacher is None and not cfg.data.ref_losses:
