@@ -48,6 +48,8 @@ ORDERINGS = [
 
 def _run(cmd: list[str], log: str) -> None:
     env = dict(os.environ, DS_ACCELERATOR=os.environ.get("DS_ACCELERATOR", "cpu"), TOKENIZERS_PARALLELISM="false")
+    if env["DS_ACCELERATOR"] == "cpu":  # one thread per rank: the deepspeed launcher leaves OMP_NUM_THREADS unset
+        env.setdefault("OMP_NUM_THREADS", "1")
     with open(log, "w") as f:
         proc = subprocess.run(cmd, cwd=ROOT, env=env, stdout=f, stderr=subprocess.STDOUT)
     if proc.returncode != 0:

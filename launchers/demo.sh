@@ -10,6 +10,9 @@ REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 source "$REPO/launchers/setup_env.sh"
 cd "$REPO"
 export DS_ACCELERATOR="${DS_ACCELERATOR:-cpu}" TOKENIZERS_PARALLELISM=false
+# One thread per rank on the CPU: the deepspeed launcher (unlike torchrun) leaves OMP_NUM_THREADS unset, and
+# two ranks with a thread per core each oversubscribe a small box (measured 4x slower here).
+if [ "$DS_ACCELERATOR" = cpu ]; then export OMP_NUM_THREADS="${OMP_NUM_THREADS:-1}"; fi
 ROOT="${ROOT:-runs/demo}"
 NPROC="${NPROC:-2}"
 SEQ=128
