@@ -92,7 +92,7 @@ def demo() -> TrainConfig:
 def demo_dense() -> TrainConfig:
     """Dense pretraining of the demo's teacher from random init."""
     cfg = demo()
-    cfg.mode, cfg.out_dir, cfg.total_steps = "dense", "runs/demo/teacher", 400
+    cfg.mode, cfg.out_dir, cfg.total_steps = "dense", "runs/demo/teacher", 800
     cfg.optim.lr, cfg.optim.warmup_steps, cfg.optim.min_lr_ratio = 3e-3, 30, 0.1
     cfg.data.weights_mode = "constant"
     return cfg

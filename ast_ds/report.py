@@ -1,5 +1,5 @@
 """The comparison report: every method of the paper on one model and one prepared corpus, at a fixed
-token budget, as a Markdown table and a plot.
+token budget, as a Markdown table and a plot. Every trained row sees the same constant domain mix.
 
     python -m ast_ds.report --model runs/demo/teacher_hf --data runs/demo/data --eval runs/demo/raw/test.txt \\
         --recipe demo --steps 150 --work runs/report --out docs/results.md
@@ -84,7 +84,7 @@ def run_row(name: str, *, args, work: str) -> dict:
             _run([deepspeed, f"--num_gpus={args.nproc}", f"--master_port={args.master_port}", "launchers/train.py",
                   "--ds_config", args.ds_config, "--recipe", args.recipe, "--model.path", args.model,
                   "--data.data_dir", args.data, "--out_dir", run, "--total_steps", str(args.steps),
-                  "--save_every", "0", *flags], log)
+                  "--save_every", "0", "--data.weights_mode", "constant", *flags], log)
             _run([py, "launchers/consolidate.py", "--checkpoint", run, "--out", hf, "--dtype", "fp32"], log + ".export")
     ppl = perplexity(hf, args.eval, seq_len=args.seq_len, batch_size=8)["ppl"]
     report_path = os.path.join(hf, "sparsity_report.json")
