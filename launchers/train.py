@@ -10,6 +10,7 @@ Settings come from --recipe, then --config FILE (YAML/JSON, nested like the reci
 import argparse
 import os
 import sys
+import warnings
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -38,6 +39,8 @@ def main(argv=None):
     if args.ablation:
         apply_ablation(cfg, args.ablation, init_mask=cfg.sparsity.init_mask)
 
+    # torch 2.14 deprecates the c10d names DeepSpeed calls every step; keep the log readable
+    warnings.filterwarnings("ignore", category=FutureWarning, module="torch.distributed")
     from ast_ds.trainer import train
 
     train(cfg, ds_config_path=args.ds_config, resume=args.resume, stop_at=args.stop_at)
