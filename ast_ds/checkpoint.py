@@ -84,6 +84,11 @@ class Checkpointer:
         rank = dist.get_rank()
         tag = _tag(step)
         path = os.path.join(self.root, tag)
+        if os.path.isfile(os.path.join(path, COMPLETE)):
+            # this step is already saved (e.g. a finished run resumed with --resume auto): the state at a
+            # given step is the same under exact resume, and deleting it first would risk losing it
+            dist.barrier()
+            return path
         if rank == 0 and os.path.isdir(path):  # a stale partial save of the same step
             shutil.rmtree(path)
         dist.barrier()

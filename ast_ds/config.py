@@ -152,6 +152,8 @@ class TrainConfig:
         need(self.sparsity.method in ("ast", "cast"), "sparsity.method", f"{self.sparsity.method!r} is not ast or cast")
         need(self.sparsity.slorb_k >= 0 and self.sparsity.scaling_groups >= 0, "sparsity.slorb_k/scaling_groups",
              "must be >= 0 (0 = off)")
+        need(not (self.sparsity.slorb_k and self.sparsity.scaling_groups), "sparsity.slorb_k/scaling_groups",
+             "SLoRB (AST-Boosted) and CAST weight scaling cannot be combined; set one of them to 0")
         need(not (self.sparsity.init_mask and not os.path.isdir(self.sparsity.init_mask)), "sparsity.init_mask",
              f"{self.sparsity.init_mask!r} is not a folder (give a launchers/prune_oneshot.py output)")
         need(0 <= self.distill.alpha <= 1, "distill.alpha", "must lie in [0, 1]")

@@ -33,8 +33,9 @@ class _ChunkedDistill(torch.autograd.Function):
             ce_sum -= (g.gather(1, y) * w).sum().double()
             g.exp_().scatter_add_(1, y, torch.full_like(w, -1.0)).mul_(w * (1.0 - alpha))  # (1−α)(p − onehot)
             if alpha > 0.0:
-                log_pt = F.log_softmax(teacher[lo:hi].float().div_(temperature), dim=-1)
-                log_ps = F.log_softmax(student[lo:hi].float().div_(temperature), dim=-1)
+                # not in place: .float() of fp32 logits is the caller's tensor itself
+                log_pt = F.log_softmax(teacher[lo:hi].float() / temperature, dim=-1)
+                log_ps = F.log_softmax(student[lo:hi].float() / temperature, dim=-1)
                 diff = log_pt - log_ps
                 p_t = log_pt.exp_()
                 kl_sum += (diff.mul_(p_t).sum(1, keepdim=True) * w).sum().double()
@@ -44,12 +45,12 @@ class _ChunkedDistill(torch.autograd.Function):
                 del p_t, log_ps
             grad[lo:hi] = g.div_(count.float()).to(grad.dtype)
             del g
-        kl = kl_sum / count * temperature ** 2
-        ce = ce_sum / count
-        loss = (alpha * kl + (1.0 - alpha) * ce).float()
+        kl = (kl_sum / count * temperature ** 2).float()
+        ce = (ce_sum / count).float()
+        loss = alpha * kl + (1.0 - alpha) * ce
         ctx.save_for_backward(grad)
         ctx.mark_non_differentiable(kl, ce)
-        return loss, kl.float(), ce.float()
+        return loss, kl, ce
 
     @staticmethod
     def backward(ctx, grad_loss, _gkl, _gce):

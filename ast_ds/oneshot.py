@@ -57,9 +57,13 @@ def prune_layerwise(model, targets: list[str], inputs: torch.Tensor, *, method: 
     """Wanda / SparseGPT on ``model`` in place, block by block (module docstring)."""
     from ast_ds.sparsity.oneshot_math import sparsegpt_prune, wanda_mask
 
-    blocks = model.model.layers
+    lists = [(n, mod) for n, mod in model.named_modules() if isinstance(mod, torch.nn.ModuleList) and
+             n.endswith("layers")]  # LLaMA: model.layers; OPT: model.decoder.layers
+    if len(lists) != 1:
+        raise ValueError(f"cannot find the transformer blocks of {type(model).__name__} (a ModuleList named *layers)")
+    blocks_name, blocks = lists[0]
     for index, block in enumerate(blocks):
-        prefix = f"model.layers.{index}."
+        prefix = f"{blocks_name}.{index}."
         names = [t for t in targets if t.startswith(prefix)]
         if not names:
             continue

@@ -27,18 +27,22 @@ from ast_ds.sparsity import DecaySchedule, parse_nm
 
 
 def _param_groups(model, weight_decay: float):
-    """Decoupled weight decay on matrices only (not on norms or biases); ZeRO-3 params keep their
-    real shape in ``ds_shape``."""
-    trainable = [p for p in model.parameters() if p.requires_grad]
-    matrix = [len(getattr(p, "ds_shape", p.shape)) >= 2 for p in trainable]
+    """Decoupled weight decay on the model's matrices only: not on norms, biases, or the converters'
+    parameters (a CAST scale decayed toward 0 would shrink its weights). ZeRO-3 params keep their real
+    shape in ``ds_shape``."""
+    named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+    trainable = [p for _, p in named]
+    matrix = [len(getattr(p, "ds_shape", p.shape)) >= 2 and not n.endswith(("slorb_s", "slorb_x", "cast_scale"))
+              for n, p in named]
     return [{"params": [p for p, mx in zip(trainable, matrix) if mx], "weight_decay": weight_decay},
             {"params": [p for p, mx in zip(trainable, matrix) if not mx], "weight_decay": 0.0}]
 
 
 def _mean_over_ranks(values: list[float], device) -> list[float]:  # collective
+    """On the engine's device: NCCL refuses CPU tensors."""
     t = torch.tensor(values, dtype=torch.float64, device=device)
     dist.all_reduce(t)
-    return (t / dist.get_world_size()).tolist()
+    return (t / dist.get_world_size()).cpu().tolist()
 
 
 @torch.no_grad()
@@ -215,6 +219,8 @@ def train(cfg: TrainConfig, *, ds_config_path: str, resume: str | None = None, s
             updater.load_state_dict(client_state["domain_weights"])
             loader.set_weights(updater.weights)
             torch.set_rng_state(rank_state["rng"])
+            if rank_state.get("cuda_rng") is not None and torch.cuda.is_available():
+                torch.cuda.set_rng_state(rank_state["cuda_rng"])
             step, tokens = client_state["trainer"]["step"], client_state["trainer"]["tokens"]
             log.info("resumed from %s at step %d", tag_dir, step)
 
@@ -223,6 +229,7 @@ def train(cfg: TrainConfig, *, ds_config_path: str, resume: str | None = None, s
                   client_state={"trainer": {"step": step, "tokens": tokens},
                                 "domain_weights": updater.state_dict()},
                   rank_state={"loader": loader.state_dict(), "rng": torch.get_rng_state(),
+                              "cuda_rng": torch.cuda.get_rng_state() if torch.cuda.is_available() else None,
                               "sparsity": masks.state_dict() if masks is not None else None})
 
     # ---- the loop ---------------------------------------------------------------------------------
@@ -261,7 +268,7 @@ def train(cfg: TrainConfig, *, ds_config_path: str, resume: str | None = None, s
                 loader.set_weights(updater.update(step, losses))
                 row.update({f"weight/{d}": w for d, w in updater.weights.items()})
         if step % cfg.log_every == 0 or step == cfg.total_steps or row:
-            loss, kl, ce = _mean_over_ranks((sums / grad_accum).tolist(), "cpu")
+            loss, kl, ce = _mean_over_ranks((sums / grad_accum).tolist(), device)
             elapsed = time.perf_counter() - window_start
             row.update(loss=loss, kl=kl if alpha > 0 else None, ce=ce, lr=schedule.get_last_lr()[0],
                        tokens=tokens, tokens_per_s=window_tokens / elapsed if elapsed > 0 else 0.0)

@@ -47,6 +47,10 @@ def test_validation_names_field_and_fix(tmp_path):
     with pytest.raises(ValueError, match="N:M"):
         cfg.validate()
     cfg.sparsity.pattern = "2:4"
+    cfg.sparsity.slorb_k, cfg.sparsity.scaling_groups = 16, 2
+    with pytest.raises(ValueError, match="cannot be combined"):
+        cfg.validate()
+    cfg.sparsity.scaling_groups = 0
     cfg.model.path = ""
     with pytest.raises(ValueError, match="model.path"):
         cfg.validate()

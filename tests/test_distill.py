@@ -38,3 +38,12 @@ def test_kl_zero_for_identical_logits_and_teacherless_mode():
 def test_shift_labels():
     ids = torch.tensor([[5, 6, 7]])
     assert shift_labels(ids).tolist() == [[6, 7, -100]]
+
+
+def test_inputs_left_untouched_and_parts_carry_no_grad():
+    s = torch.randn(2, 4, 7, requires_grad=True)
+    t = torch.randn(2, 4, 7)
+    s0, t0 = s.detach().clone(), t.clone()
+    loss, kl, ce = distill_loss(s, t, shift_labels(torch.randint(0, 7, (2, 4))), alpha=0.5, temperature=2.0)
+    assert torch.equal(s.detach(), s0) and torch.equal(t, t0)
+    assert loss.requires_grad and not kl.requires_grad and not ce.requires_grad

@@ -35,7 +35,7 @@ def sparsegpt_prune(weight: torch.Tensor, hessian: torch.Tensor, *, n: int = 2, 
     dead = torch.diag(H) == 0
     H[dead, dead] = 1.0
     W[:, dead] = 0.0
-    H += percdamp * torch.mean(torch.diag(H)) * torch.eye(cols, dtype=H.dtype)
+    H += percdamp * torch.mean(torch.diag(H)) * torch.eye(cols, dtype=H.dtype, device=H.device)
     Hinv = torch.linalg.cholesky(torch.cholesky_inverse(torch.linalg.cholesky(H)), upper=True)
     keep = torch.ones_like(W, dtype=torch.bool)
     for b0 in range(0, cols, blocksize):

@@ -132,6 +132,10 @@ class ShardedMasks:
                 offset += pn
             flat = zopt.fp32_partitioned_groups_flat[i]
             assert offset == flat.numel(), "ZeRO-3 flat partition layout changed: update ast_ds.zero.adapter"
+            working = zopt.fp16_partitioned_groups_flat[i]
+            if working is not None and working.data_ptr() == flat.data_ptr():
+                raise RuntimeError("this DeepSpeed version aliases the fp32 master and the working weights; masking "
+                                   "the forward would zero the dense master. Use bf16 or report the version")
             sg = _SubGroup(i, segments, group, rank, world, needs_exchange)
             self._subgroups[id(flat)] = sg
             self._by_index.append(sg)
