@@ -216,8 +216,7 @@ def train(cfg: TrainConfig, *, ds_config_path: str, resume: str | None = None, s
                 masks.load_state_dict(rank_state["sparsity"])
                 masks.write_working_weights()  # load_checkpoint refreshed the working weights densely
             loader.load_state_dict(rank_state["loader"])
-            updater.load_state_dict(client_state["domain_weights"])
-            loader.set_weights(updater.weights)
+            updater.load_state_dict(client_state["domain_weights"])  # the loader's state holds its own weights
             torch.set_rng_state(rank_state["rng"])
             if rank_state.get("cuda_rng") is not None and torch.cuda.is_available():
                 torch.cuda.set_rng_state(rank_state["cuda_rng"])

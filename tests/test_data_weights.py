@@ -128,3 +128,18 @@ def test_measure_domain_losses_and_cached_reference():
     args["domains"] = ["wiki", "code", "books"]  # the cache lacks a domain: measured again
     load_or_measure_ref_losses(given=None, write=False, **args)
     assert len(calls) == 2
+
+
+def test_state_restores_weights_bit_for_bit():
+    """Weights whose sum is not exactly 1.0 in floating point must come back unchanged (resume exactness)."""
+    from ast_ds.data.domain_weights import DomainWeightUpdater
+
+    updater = DomainWeightUpdater(domains=["a", "b", "c"], weights={"a": 1, "b": 1, "c": 1})
+    state = updater.state_dict()
+    saved = {"a": 2 / 97, "b": 1 / 89, "c": 1 - 2 / 97 - 1 / 89}
+    total = sum(saved.values())
+    assert total != 1.0 and any(v / total != v for v in saved.values())  # renormalising would move bits
+    state["weights"] = dict(saved)
+    other = DomainWeightUpdater(domains=["a", "b", "c"], weights={"a": 1, "b": 1, "c": 1})
+    other.load_state_dict(state)
+    assert other.weights == saved

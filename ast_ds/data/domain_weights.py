@@ -221,7 +221,8 @@ class DomainWeightUpdater:
             raise ValueError(f"domain-weight state version {state.get('version')!r}, this code reads {STATE_VERSION}")
         if state["domains"] != self.domains:
             raise ValueError(f"domain-weight state is for domains {state['domains']}, this run has {self.domains}")
-        self.weights = self._normalised(state["weights"])
+        # exactly as saved: renormalising would move the last bit and break bit-exact resume
+        self.weights = self._complete(state["weights"], "weights")
         if state.get("ref_losses") is not None:
             self.ref_losses = self._complete(state["ref_losses"], "ref_losses")
         self.history = [(int(s), dict(zip(self.domains, w))) for s, w in state["history"]]
