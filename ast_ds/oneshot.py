@@ -132,9 +132,23 @@ def prune_oneshot(model_dir: str, out: str, *, method: str = "magnitude", patter
 
 def masks_of_pruned_folder(model_dir: str, names, *, n: int, m: int) -> dict:
     """The N:M keep-masks of a one-shot-pruned folder's target weights: the N largest |w| of every
-    group, i.e. its nonzeros (exactly N per group even where a kept weight happens to be 0)."""
-    sd = load_hf_state_dict(model_dir)
-    missing = [k for k in names if k not in sd]
+    group, i.e. its nonzeros (exactly N per group even where a kept weight happens to be 0). Reads only
+    the target tensors, one at a time (safetensors), and keeps just their bool masks."""
+    from safetensors import safe_open
+
+    from ast_ds.model import check_model_dir
+
+    check_model_dir(model_dir, what="sparsity.init_mask")
+    files = sorted(f for f in os.listdir(model_dir) if f.endswith(".safetensors"))
+    if not files:
+        raise ValueError(f"sparsity.init_mask {model_dir}: no .safetensors files (export it with "
+                         f"launchers/prune_oneshot.py)")
+    wanted, masks = set(names), {}
+    for f in files:
+        with safe_open(os.path.join(model_dir, f), framework="pt") as sf:
+            for key in wanted & set(sf.keys()):
+                masks[key] = magnitude_nm_mask(sf.get_tensor(key).float(), n=n, m=m)
+    missing = sorted(wanted - set(masks))
     if missing:
         raise ValueError(f"sparsity.init_mask {model_dir} lacks {missing[:3]}; prune the same model architecture")
-    return {k: magnitude_nm_mask(sd[k], n=n, m=m) for k in names}
+    return masks

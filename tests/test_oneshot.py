@@ -62,3 +62,19 @@ def test_calibration_needed_and_unknown_method(tiny):
         prune_oneshot(str(tiny / "dense"), str(tiny / "x"), method="wanda")
     with pytest.raises(ValueError, match="choose magnitude"):
         prune_oneshot(str(tiny / "dense"), str(tiny / "y"), method="obc")
+
+
+def test_initial_masks_from_a_pruned_folder(tiny):
+    from ast_ds.export import load_hf_state_dict
+    from ast_ds.oneshot import masks_of_pruned_folder, prune_oneshot
+
+    out = tiny / "mag_for_init"
+    prune_oneshot(str(tiny / "dense"), str(out), method="magnitude")
+    sd = load_hf_state_dict(str(out))
+    names = ["model.layers.0.self_attn.q_proj.weight", "model.layers.1.mlp.down_proj.weight"]
+    masks = masks_of_pruned_folder(str(out), names, n=2, m=4)
+    for name in names:
+        assert torch.equal(masks[name], sd[name] != 0)
+        assert torch.all(masks[name].view(-1, 4).sum(1) == 2)
+    with pytest.raises(ValueError, match="lacks"):
+        masks_of_pruned_folder(str(out), ["model.layers.9.mlp.up_proj.weight"], n=2, m=4)
