@@ -119,11 +119,19 @@ class Checkpointer:
                 raise CheckpointError(f"{tag_dir}: saved {key}={meta.get(key)!r} but this run has {value!r}; resume "
                                       f"with the same settings")
         rank_file = os.path.join(tag_dir, f"trainer_rank{dist.get_rank():05d}.pt")
+        error = None
         try:
             rank_state = torch.load(rank_file, map_location="cpu", weights_only=False)
         except Exception as e:  # noqa: BLE001 - any unpickling failure means a corrupted file
-            raise CheckpointError(f"cannot read {rank_file} ({type(e).__name__}: {e}); the checkpoint is "
-                                  f"corrupted, resume from an earlier tag") from None
+            error = f"cannot read {rank_file} ({type(e).__name__}: {e})"
+        # agree before the collective load: a rank raising alone would leave the others waiting in it
+        from deepspeed.accelerator import get_accelerator
+
+        ok = torch.tensor([0.0 if error else 1.0], device=get_accelerator().current_device_name())
+        dist.all_reduce(ok, op=dist.ReduceOp.MIN)
+        if ok.item() < 1.0:
+            raise CheckpointError(f"{error or 'another rank cannot read its trainer state'} in {tag_dir}; the "
+                                  f"checkpoint is corrupted, resume from an earlier tag")
         root, tag = os.path.split(tag_dir.rstrip("/"))
         try:
             load_path, client_state = engine.load_checkpoint(root, tag=tag)

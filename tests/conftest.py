@@ -20,7 +20,7 @@ def free_port() -> int:
 
 
 def run_torchrun(script: str, nproc: int, args: list[str], *, timeout: int = 600,
-                 launcher: str = "torchrun") -> subprocess.CompletedProcess:
+                 launcher: str = "torchrun", check: bool = True) -> subprocess.CompletedProcess:
     """Run ``tests/dist/<script>`` (or an absolute script path) on ``nproc`` CPU processes; fail the test
     with the output tail on error."""
     env = dict(os.environ, DS_ACCELERATOR="cpu", OMP_NUM_THREADS="1", PYTHONPATH=ROOT, TOKENIZERS_PARALLELISM="false",
@@ -33,6 +33,6 @@ def run_torchrun(script: str, nproc: int, args: list[str], *, timeout: int = 600
         cmd = [sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={nproc}",
                f"--master_port={free_port()}", script, *args]
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout)
-    if proc.returncode != 0:
+    if check and proc.returncode != 0:
         pytest.fail(f"{' '.join(cmd)} failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-6000:]}")
     return proc

@@ -127,6 +127,21 @@ def test_damaged_checkpoints_are_refused(runs, tmp_path):
     assert not (tmp_path / "out1").exists() and not (tmp_path / "out2").exists()
 
 
+@pytest.mark.multiprocess
+def test_resume_from_a_corrupted_rank_file_fails_on_every_rank(runs, workspace, tmp_path):
+    """One rank's unreadable trainer state must stop every rank with the error (not leave the others
+    waiting in the collective load), and the checkpoint stays as it was."""
+    full, _ = runs
+    copy = tmp_path / "run"
+    shutil.copytree(full, copy)
+    bad = copy / "checkpoints" / "step_00000006" / "trainer_rank00001.pt"
+    bad.write_bytes(b"garbage")
+    proc = run_torchrun(TRAIN, 2, train_args(workspace, copy, "--resume", "auto"), timeout=300, check=False)
+    assert proc.returncode != 0
+    assert "trainer_rank00001.pt" in proc.stderr + proc.stdout and "corrupted" in proc.stderr + proc.stdout
+    assert bad.read_bytes() == b"garbage" and (copy / "checkpoints" / "step_00000006" / "COMPLETE").exists()
+
+
 def short(ws, out, *extra):
     return train_args(ws, out, "--total_steps", "4", "--save_every", "2", "--data.weights_mode", "constant", *extra)
 
