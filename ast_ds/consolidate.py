@@ -14,7 +14,7 @@ import torch
 
 from ast_ds.checkpoint import COMPLETE, CheckpointError, complete_tags, read_meta
 from ast_ds.converters import EXPORT_FILE, fold_for_export
-from ast_ds.export import apply_mask, sparsity_report, write_hf_folder
+from ast_ds.export import DTYPES, apply_mask, sparsity_report, write_hf_folder
 from ast_ds.sparsity.nm_mask import parse_nm, unpack_bits
 
 
@@ -102,10 +102,7 @@ def consolidate(checkpoint: str, out: str, *, dtype: str = "bf16", overwrite: bo
                 raise CheckpointError(f"saved mask of {name} does not keep exactly {n} of every {m}")
             state_dict[name] = apply_mask(state_dict[name], keep)
         targets = names
-    else:
-        n, m = parse_nm("2:4")
-    cast = {k: v.to({"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}[dtype])
-            for k, v in state_dict.items()}
+    cast = {k: v.to(DTYPES[dtype]) for k, v in state_dict.items()}
     report = sparsity_report(cast, targets, n=n, m=m) if targets else {"all_ok": True, "num_targets": 0,
                                                                          "note": "dense checkpoint"}
     report.update(report_extra)

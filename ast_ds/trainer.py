@@ -72,18 +72,13 @@ def domain_eval_losses(engine, *, data_dir: str, domains: list[str], micro_batch
 
 def _export_meta(run_dir: str, model_config, *, model_path: str, data_dir: str) -> None:
     """Rank 0: the HF config and tokenizer consolidation needs, in ``run/hf_meta``."""
-    import shutil
-
     from ast_ds.data.tokenizer import load_tokenizer
+    from ast_ds.export import copy_tokenizer
 
     meta = os.path.join(run_dir, "hf_meta")
     os.makedirs(meta, exist_ok=True)
     model_config.save_pretrained(meta)
-    tok_files = [f for f in os.listdir(model_path) if f.startswith(("tokenizer", "special_tokens_map"))]
-    if tok_files:
-        for f in tok_files:
-            shutil.copy2(os.path.join(model_path, f), meta)
-    else:
+    if not copy_tokenizer(model_path, meta):  # no tokenizer beside the model: the one the data was made with
         with open(os.path.join(data_dir, "manifest.json")) as f:
             load_tokenizer(json.load(f)["tokenizer"]["path"]).save_to(meta)
 
