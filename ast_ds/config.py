@@ -65,13 +65,19 @@ class DistillConfig:
 @dataclass(kw_only=True)
 class OptimConfig:
     lr: float = 2e-5
+    """Peak learning rate (after the linear warmup)."""
     betas: list[float] = field(default_factory=lambda: [0.9, 0.95])
+    """Adam's β1, β2."""
     eps: float = 1e-8
+    """Adam's ε."""
     weight_decay: float = 0.0
+    """Decoupled (AdamW) weight decay on the matrices; not on norms, biases or converter parameters."""
     warmup_steps: int = 500
+    """Linear warmup steps, then cosine decay."""
     min_lr_ratio: float = 0.1
     """Cosine decays the learning rate to lr * min_lr_ratio at the last step."""
     grad_clip: float = 1.0
+    """Clip the global gradient norm to this (0 = no clipping)."""
 
 
 @dataclass(kw_only=True)
@@ -89,7 +95,9 @@ class DataConfig:
     update_every: int = 100
     """K: dynamic weights (and per-domain eval losses) every K steps."""
     eta: float = 1.0
+    """Step size η of the dynamic weight update."""
     smoothing: float = 1e-4
+    """Uniform mixing c of the dynamic weight update (Sheared-LLaMA)."""
     ref_losses: dict[str, float] = field(default_factory=dict)
     """Per-domain reference losses (default: measured once from the teacher and cached in the run folder)."""
 
@@ -99,7 +107,9 @@ class TrainConfig:
     mode: str = "ast"
     """ast (N:M sparse retraining with the teacher) | dense (no sparsity, no teacher)."""
     out_dir: str = "runs/default"
+    """Run folder: resolved config, metrics, plots, hf_meta and checkpoints/."""
     total_steps: int = 15_000
+    """Optimizer steps of the whole run (T1); the LR and decay schedules span them."""
     micro_batch: int = 4
     """Sequences per GPU per forward."""
     global_batch: int = 128
@@ -107,13 +117,17 @@ class TrainConfig:
     precision: str = "bf16"
     """bf16 | fp32 (fills ds_config's bf16.enabled when it is "auto")."""
     seed: int = 0
+    """Seed of the model's RNG and the loader's domain/row order."""
     log_every: int = 10
+    """Log the losses every this many steps."""
     eval_every: int = 500
     """Per-domain eval loss every this many steps (0 = never; dynamic weights use update_every)."""
     eval_batches: int = 8
     """Micro-batches per domain and rank for each evaluation."""
     save_every: int = 1000
+    """Checkpoint every this many steps (0 = only at the end)."""
     keep_last: int = 3
+    """Complete checkpoints kept; older ones are deleted after a newer one is complete."""
     model: ModelConfig = field(default_factory=ModelConfig)
     sparsity: SparsityConfig = field(default_factory=SparsityConfig)
     distill: DistillConfig = field(default_factory=DistillConfig)
@@ -259,16 +273,36 @@ def load_file(path: str) -> dict:
     return data
 
 
+def field_docs(cls) -> dict[str, str]:
+    """The docstring under each field of a dataclass (``field: T = x`` then a string literal), by name."""
+    import ast
+    import inspect
+    import textwrap
+
+    tree = ast.parse(textwrap.dedent(inspect.getsource(cls)))
+    body, docs = tree.body[0].body, {}
+    for node, after in zip(body, body[1:]):
+        if isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name) and \
+                isinstance(after, ast.Expr) and isinstance(after.value, ast.Constant) and \
+                isinstance(after.value.value, str):
+            docs[node.target.id] = " ".join(after.value.value.split())
+    return docs
+
+
 def add_override_arguments(parser, cls=TrainConfig, prefix: str = "") -> None:
-    """One ``--section.field`` flag per config field (values parsed as YAML scalars/lists)."""
+    """One ``--section.field`` flag per config field (values parsed as YAML scalars/lists); its help is
+    the field's docstring, its type and its default in the base config (recipes change some)."""
+    docs = field_docs(cls)
     for f in dataclasses.fields(cls):
         name = prefix + f.name
         default = f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
         if dataclasses.is_dataclass(default):
             add_override_arguments(parser, type(default), prefix=name + ".")
             continue
+        doc = docs.get(f.name, "")
         parser.add_argument(f"--{name}", dest=f"override:{name}", default=None, metavar="VALUE",
-                            help=f"(default from the recipe; type {type(default).__name__})")
+                            help=f"{doc}{' ' if doc else ''}({type(default).__name__}; base default "
+                                 f"{default!r}, recipes may set another)".replace("%", "%%"))
 
 
 def overrides_from_args(args) -> dict[str, Any]:
@@ -284,7 +318,6 @@ def overrides_from_args(args) -> dict[str, Any]:
 
 def save_resolved(cfg: TrainConfig, ds_config: dict, path: str) -> None:
     """Write the resolved config (and DeepSpeed config) atomically."""
-    tmp = path + ".tmp"
-    with open(tmp, "w") as f:
-        json.dump({"train": cfg.to_dict(), "deepspeed": ds_config}, f, indent=2)
-    os.replace(tmp, path)
+    from ast_ds.atomic import write_json_atomic
+
+    write_json_atomic(path, {"train": cfg.to_dict(), "deepspeed": ds_config})

@@ -16,6 +16,8 @@ import json
 import os
 import random
 
+from ast_ds.atomic import atomic_path, write_json_atomic
+
 NAMES = ["Ada", "Bram", "Chen", "Dara", "Eli", "Farah", "Gus", "Hana", "Ivo", "Jun", "Kira", "Lars", "Mina",
          "Noor", "Otto", "Pia", "Quin", "Rosa", "Sami", "Tess"]
 PLACES = ["market", "harbor", "library", "garden", "station", "forest", "bakery", "museum", "river", "school"]
@@ -88,10 +90,9 @@ def make_corpus(raw_dir: str, *, docs_per_domain: int, seed: int = 0) -> dict[st
         folder = os.path.join(raw_dir, domain)
         os.makedirs(folder, exist_ok=True)
         path = os.path.join(folder, "part-00000.jsonl.gz")
-        with gzip.open(path + ".tmp", "wt", encoding="utf-8") as f:
+        with atomic_path(path) as tmp, gzip.open(tmp, "wt", encoding="utf-8") as f:
             for _ in range(docs_per_domain):
                 f.write(json.dumps({"text": GENERATORS[domain](rng)}) + "\n")
-        os.replace(path + ".tmp", path)
         paths[domain] = folder
     rng = random.Random(seed * 1000 + 999)
     test = [GENERATORS[DOMAINS[j % len(DOMAINS)]](rng) for j in range(400)]
@@ -150,10 +151,7 @@ def report(root: str, *, seq_len: int) -> dict:
                "ast_checkpoint": os.path.abspath(os.path.join(root, "ast_hf")), "gap_recovered": recovered,
                "ast_exact_2_4": rep["all_ok"], "ast_target_sparsity": rep["target_sparsity"],
                "eval_data": os.path.abspath(test), "seq_len": seq_len}
-    tmp = os.path.join(root, "results.json.tmp")
-    with open(tmp, "w") as f:
-        json.dump(results, f, indent=2)
-    os.replace(tmp, os.path.join(root, "results.json"))
+    write_json_atomic(os.path.join(root, "results.json"), results)
     print("\n  model                         perplexity (held-out eval split, all domains)")
     print(f"  dense teacher                 {ppl['dense']:10.3f}")
     print(f"  one-shot magnitude 2:4        {ppl['oneshot_magnitude']:10.3f}")

@@ -65,14 +65,15 @@ def perplexity(model_dir: str, data: str, *, seq_len: int, batch_size: int = 8, 
     model = load_model(model_dir, device)
     vocab = model.config.vocab_size
     result = {"model": os.path.abspath(model_dir), "data": os.path.abspath(data), "seq_len": seq_len}
-    if os.path.isfile(os.path.join(data, "manifest.json")):
+    from ast_ds.data.corpus import Corpus
+
+    if Corpus.is_prepared(data):
         from ast_ds.data.loader import eval_batches
 
-        with open(os.path.join(data, "manifest.json")) as f:
-            domains = sorted(json.load(f)["domains"])
+        corpus = Corpus(data)
         per = {}
-        for domain in domains:
-            windows = [row for b in eval_batches(data_dir=data, domain=domain, micro_batch=batch_size,
+        for domain in sorted(corpus.domains):
+            windows = [row for b in eval_batches(corpus, domain=domain, micro_batch=batch_size,
                                                  rank=0, world_size=1) for row in b["input_ids"]]
             windows = windows[:max_windows] if max_windows else windows
             total, count = windows_nll(model, windows, batch_size=batch_size, device=device, desc=domain)

@@ -6,6 +6,8 @@ import csv
 import logging
 import os
 
+from ast_ds.atomic import atomic_path
+
 log = logging.getLogger("ast_ds")
 
 
@@ -45,12 +47,10 @@ class MetricsLogger:
                 if k != "step" and isinstance(v, (int, float)):
                     self.tb.add_scalar(k, v, step)
         keys = list(dict.fromkeys(k for r in self.rows for k in r))
-        tmp = self.path + ".tmp"
-        with open(tmp, "w", newline="") as f:
+        with atomic_path(self.path, fsync=False) as tmp, open(tmp, "w", newline="") as f:
             writer = csv.DictWriter(f, fieldnames=keys)
             writer.writeheader()
             writer.writerows(self.rows)
-        os.replace(tmp, self.path)
 
     def plot(self, path: str) -> None:
         """Loss parts, lr, λ, flip rates and per-domain eval losses over steps."""

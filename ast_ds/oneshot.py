@@ -16,7 +16,7 @@ import os
 import torch
 
 from ast_ds.config import LLAMA_TARGETS
-from ast_ds.export import apply_mask, load_hf_state_dict, sparsity_report, write_hf_folder
+from ast_ds.checkpoint.export import apply_mask, load_hf_state_dict, sparsity_report, write_hf_folder
 from ast_ds.sparsity.nm_mask import magnitude_nm_mask, parse_nm
 
 
@@ -31,10 +31,12 @@ def calibration_inputs(calib: str, *, tokenizer_dir: str, nsamples: int, seq_len
     """``[nsamples, seq_len]`` token windows: random rows of a prepared folder's train splits, or random
     windows of a text/jsonl file's token stream (seeded)."""
     g = torch.Generator().manual_seed(seed)
-    if os.path.isfile(os.path.join(calib, "manifest.json")):
+    from ast_ds.data.corpus import Corpus
+
+    if Corpus.is_prepared(calib):
         from ast_ds.data.loader import MultiDomainLoader
 
-        loader = MultiDomainLoader(data_dir=calib, micro_batch=nsamples, seed=seed, rank=0, world_size=1)
+        loader = MultiDomainLoader(Corpus(calib), micro_batch=nsamples, seed=seed, rank=0, world_size=1)
         return loader.next_batch()["input_ids"]
     from ast_ds.data.tokenizer import load_tokenizer
     from ast_ds.evaluate import read_documents

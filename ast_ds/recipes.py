@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from ast_ds.config import TrainConfig
 
-# Sheared-LLaMA / AST LLaMA-2-7B initial RedPajama proportions (reference/sheared_llama_data.md).
+# Sheared-LLaMA / AST LLaMA-2-7B initial RedPajama proportions (the Sheared-LLaMA paper, arXiv 2310.06694).
 REDPAJAMA_WEIGHTS = {"cc": 0.67, "github": 0.045, "book": 0.045, "stackexchange": 0.02, "wiki": 0.045,
                      "arxiv": 0.025, "c4-rp": 0.15}
 
@@ -38,31 +38,45 @@ def cast_llama2_7b() -> TrainConfig:
     return cfg
 
 
+def _fixed_mask(cfg: TrainConfig, _init_mask: str) -> None:
+    cfg.sparsity.mask_interval = 0
+
+
+def _no_kd(cfg: TrainConfig, _init_mask: str) -> None:
+    cfg.distill.alpha = 0.0
+
+
+def _static(cfg: TrainConfig, _init_mask: str) -> None:
+    cfg.sparsity.ramp_fraction = 0.0
+
+
+def _naive(cfg: TrainConfig, _init_mask: str) -> None:
+    cfg.sparsity.mask_interval, cfg.sparsity.lam_max = 0, 0.0
+
+
+def _oneshot_init(cfg: TrainConfig, init_mask: str) -> None:
+    if not init_mask:
+        raise ValueError("ablation oneshot_init needs --sparsity.init_mask FOLDER (a prune_oneshot.py output)")
+    cfg.sparsity.init_mask = init_mask
+
+
+# The paper's ablations, defined here once: name -> (what it changes, the switch). Each switch changes
+# exactly the fields its description names (tests/test_ablations.py).
 ABLATIONS = {
-    "fixed_mask": "mask never refreshed (sparsity.mask_interval = 0)",
-    "no_kd": "no distillation (distill.alpha = 0)",
-    "static": "static SR-STE: λ_max from the first step (sparsity.ramp_fraction = 0)",
-    "naive": "naive training: fixed mask and no decay (mask_interval = 0, lam_max = 0)",
+    "fixed_mask": ("mask never refreshed (sparsity.mask_interval = 0)", _fixed_mask),
+    "no_kd": ("no distillation (distill.alpha = 0)", _no_kd),
+    "static": ("static SR-STE: λ_max from the first step (sparsity.ramp_fraction = 0)", _static),
+    "naive": ("naive training: fixed mask and no decay (mask_interval = 0, lam_max = 0)", _naive),
+    "oneshot_init": ("initial mask from a one-shot-pruned folder (sparsity.init_mask; give --sparsity.init_mask)",
+                     _oneshot_init),
 }
 
 
 def apply_ablation(cfg: TrainConfig, name: str, *, init_mask: str = "") -> TrainConfig:
-    """The paper's ablations as switches; each changes exactly the fields its description names.
-    ``oneshot_init`` takes the initial mask from a one-shot-pruned folder (``init_mask``)."""
-    if name == "fixed_mask":
-        cfg.sparsity.mask_interval = 0
-    elif name == "no_kd":
-        cfg.distill.alpha = 0.0
-    elif name == "static":
-        cfg.sparsity.ramp_fraction = 0.0
-    elif name == "naive":
-        cfg.sparsity.mask_interval, cfg.sparsity.lam_max = 0, 0.0
-    elif name == "oneshot_init":
-        if not init_mask:
-            raise ValueError("ablation oneshot_init needs --sparsity.init_mask FOLDER (a prune_oneshot.py output)")
-        cfg.sparsity.init_mask = init_mask
-    else:
-        raise ValueError(f"unknown ablation {name!r}; choose one of {', '.join([*ABLATIONS, 'oneshot_init'])}")
+    """Apply the ablation ``name`` (see ``ABLATIONS``) to ``cfg`` in place and return it."""
+    if name not in ABLATIONS:
+        raise ValueError(f"unknown ablation {name!r}; choose one of {', '.join(ABLATIONS)}")
+    ABLATIONS[name][1](cfg, init_mask)
     return cfg
 
 

@@ -20,6 +20,8 @@ import os
 import subprocess
 import sys
 
+from ast_ds.atomic import write_text_atomic
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 # name -> (kind, training flags); kind: dense | oneshot:<method> | train
@@ -121,10 +123,7 @@ def write_report(rows: list[dict], args, path: str) -> str:
     for claim, holds in check_orderings({r["name"]: r["ppl"] for r in rows}):
         lines.append(f"- {'holds' if holds else '**does not hold**'}: {claim}")
     text = "\n".join(lines) + "\n"
-    tmp = path + ".tmp"
-    with open(tmp, "w") as f:
-        f.write(text)
-    os.replace(tmp, path)
+    write_text_atomic(path, text)
     return text
 
 

@@ -4,7 +4,7 @@ copy of the same checkpoint bytes, side by side in one run.
     DS_ACCELERATOR=cpu python benchmarks/bench_consolidate.py [--layers 8 --hidden 512]
 
 First makes a real checkpoint: 2 ranks (torchrun) train an AST engine for one step and save it with
-the trainer's Checkpointer. Then, in this process, times ``shutil.copytree`` of the tag folder and
+the trainer's CheckpointManager. Then, in this process, times ``shutil.copytree`` of the tag folder and
 ``ast_ds.consolidate.consolidate`` (fp32 stitching, mask stitching, masking, N:M check, safetensors
 write), each reported in MB/s of checkpoint bytes read. Last line: one JSON object.
 """
@@ -26,7 +26,8 @@ from common import add_model_args, build_llama, zero3_config
 def make_checkpoint(args):
     import deepspeed
 
-    from ast_ds.checkpoint import Checkpointer
+    from ast_ds.checkpoint.layout import SPARSITY, hf_meta_dir
+    from ast_ds.checkpoint.manager import CheckpointManager
     from ast_ds.model import sparse_target_names
     from ast_ds.optim.ast_adamw import ASTAdamW
     from ast_ds.sparsity import DecaySchedule
@@ -35,7 +36,7 @@ def make_checkpoint(args):
     deepspeed.init_distributed(dist_backend=None)
     model = build_llama(args)
     if torch.distributed.get_rank() == 0:
-        model.config.save_pretrained(os.path.join(args.make, "hf_meta"))
+        model.config.save_pretrained(hf_meta_dir(args.make))
     masks = ShardedMasks(sparse_target_names(model, ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj",
                                                      "down_proj"]), n=2, m=4)
     opt = ASTAdamW(model.parameters(), masks=masks, lr=1e-4, decay=DecaySchedule(1e-4, 10), mask_interval=10)
@@ -44,9 +45,8 @@ def make_checkpoint(args):
     ids = torch.randint(0, args.vocab, (args.micro_batch, args.seq)).to(engine.device)
     engine.backward(engine(input_ids=ids, labels=ids).loss)
     engine.step()
-    Checkpointer(os.path.join(args.make, "checkpoints"), keep_last=1).save(
-        engine, step=1, client_state={}, rank_state={"sparsity": masks.state_dict()},
-        meta={"mode": "ast", "pattern": "2:4"})
+    CheckpointManager(args.make, engine=engine, shared={}, per_rank={SPARSITY: masks}, keep_last=1,
+                      meta={"mode": "ast", "pattern": "2:4"}).save(1)
 
 
 def main():
@@ -57,7 +57,8 @@ def main():
     args = ap.parse_args()
     if args.make:
         return make_checkpoint(args)
-    from ast_ds.consolidate import consolidate
+    from ast_ds.checkpoint.consolidate import consolidate
+    from ast_ds.checkpoint.layout import checkpoints_dir, tag_name
 
     work = tempfile.mkdtemp(prefix="bench_consolidate_")
     try:
@@ -65,7 +66,7 @@ def main():
                                                                       "seq", "micro_batch")]
         subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port=29677",
                         __file__, "--make", work, *flags], check=True, capture_output=True)
-        tag = os.path.join(work, "checkpoints", "step_00000001")
+        tag = os.path.join(checkpoints_dir(work), tag_name(1))
         nbytes = sum(os.path.getsize(os.path.join(tag, f)) for f in os.listdir(tag))
         copy_t, cons_t = [], []
         for i in range(args.repeats):

@@ -1,6 +1,6 @@
 """Data preparation and loading throughput, side by side in one run.
 
-Run:
+Run (with the package installed, e.g. in the repository's .venv):
     python benchmarks/bench_data.py [--mb 24] [--seq_len 2048]
 
 Generates a synthetic jsonl corpus (two domains, Zipf-distributed made-up words, one of them gzipped)
@@ -28,7 +28,11 @@ import sys
 import tempfile
 import time
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+try:
+    import ast_ds  # noqa: F401  (its submodules are imported where used, also in the spawned processes)
+except ModuleNotFoundError:
+    sys.exit("error: the ast_ds package is not installed in this Python; from the repository root run "
+             "`bash tests/run.sh` and `source .venv/bin/activate`, or `pip install -e .`")
 
 
 def make_corpus(root: str, megabytes: float, seed: int = 0) -> dict[str, str]:

@@ -8,16 +8,14 @@ Example (RedPajama layout, one folder per domain)::
         --workers 16 --out /data/rp_tok
 """
 
-import os
 import sys
 
-# Run as a script, this folder is sys.path[0]; our inspect.py would then shadow the standard library's
-# inspect module for everything imported below. Put the repository root there instead.
-_HERE = os.path.dirname(os.path.abspath(__file__))
-if sys.path and os.path.abspath(sys.path[0] or os.curdir) == _HERE:
-    sys.path[0] = os.path.dirname(_HERE)
+try:
+    from ast_ds.data.prepare import main
+except ModuleNotFoundError as e:  # ast_ds not installed in this Python
+    from _not_installed import exit_with_help  # beside this script (sys.path[0] when run as a script)
 
-from ast_ds.data.prepare import main  # noqa: E402
+    exit_with_help(e)
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -11,7 +11,7 @@ import json
 import os
 import sys
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+import _ensure_installed  # noqa: E402,F401  (exits with the fix when ast_ds is not installed)
 
 
 def main(argv=None):
@@ -22,7 +22,7 @@ def main(argv=None):
     p.add_argument("--overwrite", action="store_true", help="replace an existing --out folder")
     args = p.parse_args(argv)
     from ast_ds.checkpoint import CheckpointError
-    from ast_ds.consolidate import consolidate
+    from ast_ds.checkpoint.consolidate import consolidate
 
     try:
         report = consolidate(args.checkpoint, args.out, dtype=args.dtype, overwrite=args.overwrite)

@@ -13,7 +13,7 @@ import json
 import os
 import sys
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+import _ensure_installed  # noqa: E402,F401  (exits with the fix when ast_ds is not installed)
 
 
 def main(argv=None):
@@ -49,10 +49,9 @@ def main(argv=None):
     text = json.dumps(result, indent=2, default=str)
     print(text)
     if args.out:
-        tmp = args.out + ".tmp"
-        with open(tmp, "w") as f:
-            f.write(text)
-        os.replace(tmp, args.out)
+        from ast_ds.atomic import write_text_atomic
+
+        write_text_atomic(args.out, text + "\n")
 
 
 if __name__ == "__main__":

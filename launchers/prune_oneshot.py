@@ -16,7 +16,7 @@ import json
 import os
 import sys
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+import _ensure_installed  # noqa: E402,F401  (exits with the fix when ast_ds is not installed)
 
 
 def main(argv=None):

@@ -8,14 +8,12 @@ Settings come from --recipe, then --config FILE (YAML/JSON, nested like the reci
 """
 
 import argparse
-import os
-import sys
 import warnings
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+import _ensure_installed  # noqa: F401  (exits with the fix when ast_ds is not installed)
 
-from ast_ds.config import add_override_arguments, apply_overrides, load_file, overrides_from_args  # noqa: E402
-from ast_ds.recipes import RECIPES, apply_ablation, get_recipe  # noqa: E402
+from ast_ds.config import add_override_arguments, apply_overrides, load_file, overrides_from_args
+from ast_ds.recipes import ABLATIONS, RECIPES, apply_ablation, get_recipe
 
 
 def main(argv=None):
@@ -23,8 +21,8 @@ def main(argv=None):
     parser.add_argument("--ds_config", required=True, help="DeepSpeed JSON (engine settings; trainer values may be \"auto\")")
     parser.add_argument("--recipe", default="llama2_7b", choices=sorted(RECIPES), help="named starting config")
     parser.add_argument("--config", help="YAML/JSON file applied over the recipe")
-    parser.add_argument("--ablation", choices=["fixed_mask", "no_kd", "static", "naive", "oneshot_init"],
-                        help="one of the paper's ablations (oneshot_init also needs --sparsity.init_mask)")
+    parser.add_argument("--ablation", choices=list(ABLATIONS), help="one of the paper's ablations: " + "; ".join(
+        f"{name}: {what}" for name, (what, _) in ABLATIONS.items()))
     parser.add_argument("--resume", help="auto (newest complete checkpoint of --out_dir, if any) or a checkpoint path")
     parser.add_argument("--stop_at", type=int, help="save and stop after this step (the LR/decay schedules keep "
                         "total_steps); resume later with --resume auto")

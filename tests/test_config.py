@@ -94,3 +94,27 @@ def test_import_is_cheap():
     code = "import sys, ast_ds, ast_ds.sparsity, ast_ds.config; print('deepspeed' in sys.modules, 'transformers' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.split() == ["False", "False"]
+
+
+def test_every_config_field_is_documented_in_help():
+    import argparse
+    import dataclasses
+
+    from ast_ds.config import TrainConfig, add_override_arguments, field_docs
+
+    parser = argparse.ArgumentParser()
+    add_override_arguments(parser)
+    helps = {a.option_strings[0]: a.help for a in parser._actions if a.option_strings}
+
+    def walk(cls, prefix=""):
+        docs = field_docs(cls)
+        for f in dataclasses.fields(cls):
+            default = f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
+            if dataclasses.is_dataclass(default):
+                walk(type(default), prefix + f.name + ".")
+                continue
+            assert docs.get(f.name), f"config field {prefix}{f.name} has no docstring"
+            assert docs[f.name] in helps[f"--{prefix}{f.name}"]
+
+    walk(TrainConfig)
+    assert "N:M pattern" in helps["--sparsity.pattern"]

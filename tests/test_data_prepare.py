@@ -1,6 +1,7 @@
 """Data preparation: round trip, manifest counts, train/eval disjointness, parallel = serial,
 idempotence, crash safety, bad inputs, the command lines, and the tokenizer helper."""
 
+import dataclasses
 import glob
 import json
 import os
@@ -12,15 +13,17 @@ import numpy as np
 import pytest
 
 from ast_ds.data import prepare as prepare_module
-from ast_ds.data.loader import open_split
+from ast_ds.data.corpus import Corpus
 from ast_ds.data.packing import choose_eval_docs
-from ast_ds.data.prepare import build_arg_parser, prepare
+from ast_ds.data.prepare import PrepareOptions, build_arg_parser, prepare
 from ast_ds.data.sources import DataPrepError
 from ast_ds.data.tokenizer import TokenizerError, load_tokenizer
 from test_data_helpers import SEQ_LEN, corpus, make_text, prepared, scratch, tokenizer_model, write_jsonl
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 EVAL_DOCS = 6
+SCRIPT_ENV = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}  # scripts use the installed package
+REQUIRED_FLAGS = ["--input", "a=x", "--tokenizer", "t.model", "--out", "o"]
 
 
 def expected_streams(domain: str, docs: list[str], sp) -> dict[str, list[int]]:
@@ -34,7 +37,7 @@ def expected_streams(domain: str, docs: list[str], sp) -> dict[str, list[int]]:
 
 
 def read_stream(data_dir: str, domain: str, split: str) -> np.ndarray:
-    reader = open_split(data_dir, domain=domain, split=split)
+    reader = Corpus(data_dir).split(domain, split)
     return reader.rows(range(len(reader))).reshape(-1)
 
 
@@ -260,26 +263,65 @@ def test_help_documents_every_flag():
     required = ["--input", "--text_field", "--tokenizer", "--seq_len", "--eval_fraction", "--eval_docs", "--seed",
                 "--out", "--workers", "--overwrite", "--skip_bad_lines"]
     assert set(required) <= set(flags)
+    assert {f"--{f.name}" for f in dataclasses.fields(PrepareOptions)} <= set(flags)
     for flag in flags:
         assert flag in text, flag
 
 
-def test_command_lines_prepare_rerun_and_inspect():
+def test_a_field_added_to_prepare_options_becomes_a_flag_an_option_and_config(monkeypatch):
+    @dataclasses.dataclass(frozen=True)
+    class WithKnob(PrepareOptions):
+        knob: int = prepare_module._option(7, group=prepare_module.OUTPUT, help="a knob added later")
+
+    monkeypatch.setattr(prepare_module, "PrepareOptions", WithKnob)
+    parser = build_arg_parser()
+    assert "a knob added later" in parser.format_help()
+    assert parser.parse_args(REQUIRED_FLAGS).knob == 7 and parser.parse_args(REQUIRED_FLAGS + ["--knob", "3"]).knob == 3
+    opts = WithKnob.from_kwargs({"tokenizer": "t.model", "knob": 3})
+    assert prepare_module._run_config([], opts, "sha")["knob"] == 3
+
+
+def test_generated_flags_match_the_options():
+    args = build_arg_parser().parse_args(REQUIRED_FLAGS)
+    assert PrepareOptions(**{f.name: getattr(args, f.name) for f in dataclasses.fields(PrepareOptions)}) == \
+        PrepareOptions(tokenizer="t.model")
+    args = build_arg_parser().parse_args(REQUIRED_FLAGS + ["--seq_len", "16", "--eval_docs", "3", "--skip_bad_lines"])
+    assert (args.seq_len, args.eval_docs, args.skip_bad_lines, args.eval_fraction) == (16, 3, True, 0.01)
+    with pytest.raises(SystemExit):  # still mutually exclusive
+        build_arg_parser().parse_args(REQUIRED_FLAGS + ["--eval_fraction", "0.1", "--eval_docs", "3"])
+    with pytest.raises(TypeError, match="seq_lenn"):
+        prepare({"a": "x"}, tokenizer="t.model", out=scratch("x"), seq_lenn=16, progress=False)
+
+
+@pytest.mark.parametrize("script", ["prepare.py", "summarize.py"])
+def test_scripts_run_from_any_folder(script):
+    shown = subprocess.run([sys.executable, os.path.join(ROOT, "data_prep", script), "--help"], cwd=scratch("cwd"),
+                           capture_output=True, text=True, env=SCRIPT_ENV)
+    assert shown.returncode == 0, shown.stderr
+    assert f"usage: data_prep/{script}" in shown.stdout
+    # without site-packages (-S) ast_ds cannot be imported: a clear error and how to install, status 2
+    bare = subprocess.run([sys.executable, "-S", os.path.join(ROOT, "data_prep", script), "--help"],
+                          cwd=scratch("cwd"), capture_output=True, text=True, env=SCRIPT_ENV)
+    assert bare.returncode == 2, bare.stderr
+    assert "ast_ds package is not installed" in bare.stderr and "pip install -e ." in bare.stderr
+    assert "bash tests/run.sh" in bare.stderr and "Traceback" not in bare.stderr
+
+
+def test_command_lines_prepare_rerun_and_summarize():
     folder = scratch("cli")
     src = small_input(folder, 40)
     out = os.path.join(folder, "out")
-    env = dict(os.environ, PYTHONPATH=ROOT)
     cmd = [sys.executable, os.path.join(ROOT, "data_prep", "prepare.py"), "--input", f"docs={src}",
            "--tokenizer", tokenizer_model(), "--out", out, "--seq_len", "16", "--eval_docs", "3", "--no_progress"]
-    first = subprocess.run(cmd, capture_output=True, text=True, env=env)
+    first = subprocess.run(cmd, capture_output=True, text=True, env=SCRIPT_ENV)
     assert first.returncode == 0, first.stderr
     assert f"wrote {out}" in first.stdout
-    again = subprocess.run(cmd, capture_output=True, text=True, env=env)
+    again = subprocess.run(cmd, capture_output=True, text=True, env=SCRIPT_ENV)
     assert again.returncode == 0 and "up to date" in again.stdout
-    refused = subprocess.run(cmd[:-1] + ["--seq_len", "20"], capture_output=True, text=True, env=env)
+    refused = subprocess.run(cmd[:-1] + ["--seq_len", "20"], capture_output=True, text=True, env=SCRIPT_ENV)
     assert refused.returncode == 2 and "--overwrite" in refused.stderr
-    shown = subprocess.run([sys.executable, os.path.join(ROOT, "data_prep", "inspect.py"), out, "--rows", "1"],
-                           capture_output=True, text=True, env=env)
+    shown = subprocess.run([sys.executable, os.path.join(ROOT, "data_prep", "summarize.py"), out, "--rows", "1"],
+                           capture_output=True, text=True, env=SCRIPT_ENV)
     assert shown.returncode == 0, shown.stderr
     manifest = json.load(open(os.path.join(out, "manifest.json")))
     rows = manifest["domains"]["docs"]["train"]["rows"]

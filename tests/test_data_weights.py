@@ -11,6 +11,7 @@ import torch
 
 from ast_ds.data.domain_weights import (DomainWeightUpdater, load_or_measure_ref_losses, measure_domain_losses,
                                         update_domain_weights)
+from ast_ds.data.corpus import Corpus
 from ast_ds.data.loader import eval_batches
 from test_data_helpers import prepared, scratch
 
@@ -73,7 +74,7 @@ def test_updater_modes_history_state_and_plot():
     assert constant.weights == {"a": 0.75, "b": 0.25} and not any(constant.due(s) for s in range(10))
     assert constant.update(2, {"a": 9.0, "b": 0.0}) == {"a": 0.75, "b": 0.25}
     with pytest.raises(ValueError, match="needs ref_losses"):
-        DomainWeightUpdater(domains=domains, weights={"a": 1, "b": 1}, mode="dynamic")
+        DomainWeightUpdater(domains=domains, weights={"a": 1, "b": 1}, mode="dynamic").update(2, {"a": 1, "b": 1})
 
     up = DomainWeightUpdater(domains=domains, weights={"a": 0.5, "b": 0.5}, mode="dynamic",
                              ref_losses={"a": 1.0, "b": 1.5}, eta=2.0, smoothing=0.0, update_every=3)
@@ -102,12 +103,12 @@ def _mean_token_loss(batch):
 
 def test_measure_domain_losses_and_cached_reference():
     out = prepared()
-    losses = measure_domain_losses(_mean_token_loss, data_dir=out, domains=["wiki", "code"], micro_batch=3)
+    losses = measure_domain_losses(_mean_token_loss, Corpus(out), domains=["wiki", "code"], micro_batch=3)
     for domain in ("wiki", "code"):
-        rows = torch.cat([b["input_ids"] for b in eval_batches(data_dir=out, domain=domain, micro_batch=100)])
+        rows = torch.cat([b["input_ids"] for b in eval_batches(Corpus(out), domain=domain, micro_batch=100)])
         assert losses[domain] == pytest.approx(float(rows.double().mean()), rel=1e-12)
-    capped = measure_domain_losses(_mean_token_loss, data_dir=out, domains=["wiki"], micro_batch=2, max_batches=1)
-    first = next(eval_batches(data_dir=out, domain="wiki", micro_batch=2))["input_ids"]
+    capped = measure_domain_losses(_mean_token_loss, Corpus(out), domains=["wiki"], micro_batch=2, max_batches=1)
+    first = next(eval_batches(Corpus(out), domain="wiki", micro_batch=2))["input_ids"]
     assert capped["wiki"] == pytest.approx(float(first.double().mean()), rel=1e-12)
 
     cache = os.path.join(scratch("run"), "ref_losses.json")

@@ -5,8 +5,8 @@ import pytest
 import torch
 
 from ast_ds.checkpoint import CheckpointError
-from ast_ds.consolidate import stitch_masks
-from ast_ds.export import apply_mask, sparsity_report, write_hf_folder
+from ast_ds.checkpoint.consolidate import stitch_masks
+from ast_ds.checkpoint.export import apply_mask, sparsity_report, write_hf_folder
 from ast_ds.sparsity import magnitude_nm_mask, pack_bits
 
 
@@ -48,3 +48,30 @@ def test_report_and_folder_roundtrip(tmp_path):
     with pytest.raises(ValueError, match="already exists"):
         write_hf_folder(str(out), state_dict=sd, config_dir=str(cfg_dir), dtype="bf16", report=report)
     assert not [f for f in os.listdir(tmp_path) if f.startswith(".tmp")]
+
+
+def test_hf_meta_takes_the_tokenizer_from_the_corpus_copy_not_the_preparing_path(tmp_path):
+    import shutil
+
+    from ast_ds.checkpoint.export import write_hf_meta
+    from ast_ds.checkpoint.layout import hf_meta_dir
+    from ast_ds.data.corpus import Corpus
+    from test_data_helpers import prepared
+
+    moved = tmp_path / "corpus"  # the corpus on another machine: the preparing machine's tokenizer path is gone
+    shutil.copytree(prepared(), moved)
+    manifest = json.loads((moved / "manifest.json").read_text())
+    manifest["tokenizer"]["path"] = "/nonexistent/preparing/machine/tokenizer.model"
+    (moved / "manifest.json").write_text(json.dumps(manifest))
+    model = tmp_path / "model"  # a model folder without tokenizer files
+    model.mkdir()
+
+    class Config:
+        def save_pretrained(self, d):
+            (tmp_path / "run" / "hf_meta" / "config.json").write_text("{}")
+
+    meta = write_hf_meta(str(tmp_path / "run"), Config(), model_path=str(model), corpus=Corpus(str(moved)))
+    assert meta == hf_meta_dir(str(tmp_path / "run"))
+    copied = (tmp_path / "run" / "hf_meta" / "tokenizer.model").read_bytes()
+    assert copied == (moved / "tokenizer" / "tokenizer.model").read_bytes()
+    assert Corpus(str(moved)).tokenizer().encode("hello") == Corpus(prepared()).tokenizer().encode("hello")

@@ -65,7 +65,7 @@ def test_calibration_needed_and_unknown_method(tiny):
 
 
 def test_initial_masks_from_a_pruned_folder(tiny):
-    from ast_ds.export import load_hf_state_dict
+    from ast_ds.checkpoint.export import load_hf_state_dict
     from ast_ds.oneshot import masks_of_pruned_folder, prune_oneshot
 
     out = tiny / "mag_for_init"

@@ -75,7 +75,7 @@ def test_resume_reproduces_the_uninterrupted_run_exactly(runs):
 def test_consolidate_exports_exact_2_4_that_transformers_loads(runs, workspace, tmp_path):
     from transformers import AutoModelForCausalLM
 
-    from ast_ds.consolidate import consolidate
+    from ast_ds.checkpoint.consolidate import consolidate
     from ast_ds.evaluate import perplexity
     from ast_ds.sparsity import verify_nm
 
@@ -100,7 +100,7 @@ def test_consolidate_exports_exact_2_4_that_transformers_loads(runs, workspace, 
 @pytest.mark.multiprocess
 def test_damaged_checkpoints_are_refused(runs, tmp_path):
     from ast_ds.checkpoint import CheckpointError, find_checkpoint
-    from ast_ds.consolidate import consolidate
+    from ast_ds.checkpoint.consolidate import consolidate
 
     full, _ = runs
     copy = tmp_path / "run"
@@ -148,7 +148,7 @@ def short(ws, out, *extra):
 
 @pytest.mark.multiprocess
 def test_slorb_trains_resumes_exactly_and_exports_with_its_loader(workspace, tmp_path):
-    from ast_ds.consolidate import consolidate
+    from ast_ds.checkpoint.consolidate import consolidate
     from ast_ds.converters import SLoRBLinear, load_exported
     from ast_ds.evaluate import perplexity
 
@@ -174,7 +174,7 @@ def test_slorb_trains_resumes_exactly_and_exports_with_its_loader(workspace, tmp
 def test_cast_trains_dense_forward_and_exports_exact_2_4_with_scaling_folded(workspace, tmp_path):
     from transformers import AutoModelForCausalLM
 
-    from ast_ds.consolidate import consolidate
+    from ast_ds.checkpoint.consolidate import consolidate
     from ast_ds.sparsity import verify_nm
 
     run_torchrun(TRAIN, 2, short(workspace, tmp_path / "cast", "--sparsity.method", "cast",

@@ -22,7 +22,8 @@ from typing import Callable
 import numpy as np
 import torch
 
-from ast_ds.data.manifest import write_json_atomic
+from ast_ds.atomic import atomic_path, write_json_atomic
+from ast_ds.collectives import agree, all_reduce_floats, is_rank_zero
 
 logger = logging.getLogger(__name__)
 
@@ -54,23 +55,10 @@ def update_domain_weights(weights: list[float], losses: list[float], ref_losses:
     return (mixed / mixed.sum()).tolist()
 
 
-def _all_reduce(values: list[float], op: str = "sum") -> list[float]:
-    """Sum (or min) over ranks when torch.distributed runs; every rank must call it."""
-    import torch.distributed as dist
-
-    if not (dist.is_available() and dist.is_initialized()):
-        return list(values)
-    device = torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" else "cpu"
-    t = torch.tensor(values, dtype=torch.float64, device=device)
-    dist.all_reduce(t, op=dist.ReduceOp.MIN if op == "min" else dist.ReduceOp.SUM)
-    return t.cpu().tolist()
-
-
 @torch.no_grad()
-def measure_domain_losses(loss_fn: Callable[[dict], torch.Tensor], *, data_dir: str, domains: list[str],
+def measure_domain_losses(loss_fn: Callable[[dict], torch.Tensor], corpus, *, domains: list[str],
                           micro_batch: int, max_batches: int | None = None, rank: int | None = None,
-                          world_size: int | None = None, remote: str | None = None,
-                          cache_dir: str | None = None) -> dict[str, float]:
+                          world_size: int | None = None) -> dict[str, float]:
     """Mean per-row loss of each domain's eval split, all-reduced: every rank gets the same numbers.
 
     ``loss_fn(batch)`` returns the per-row losses ``[B]`` of an ``eval_batches`` batch (e.g. each
@@ -83,8 +71,8 @@ def measure_domain_losses(loss_fn: Callable[[dict], torch.Tensor], *, data_dir: 
     sums = []
     for domain in domains:
         total, rows = 0.0, 0
-        for batch in eval_batches(data_dir=data_dir, domain=domain, micro_batch=micro_batch, max_batches=max_batches,
-                                  rank=rank, world_size=world_size, remote=remote, cache_dir=cache_dir):
+        for batch in eval_batches(corpus, domain=domain, micro_batch=micro_batch, max_batches=max_batches,
+                                  rank=rank, world_size=world_size):
             per_row = loss_fn(batch).detach().double().reshape(-1)
             if per_row.numel() != len(batch["input_ids"]):
                 raise ValueError(f"loss_fn returned {per_row.numel()} values for a batch of "
@@ -92,7 +80,7 @@ def measure_domain_losses(loss_fn: Callable[[dict], torch.Tensor], *, data_dir: 
             total += float(per_row.sum())
             rows += per_row.numel()
         sums += [total, float(rows)]
-    sums = _all_reduce(sums)
+    sums = all_reduce_floats(sums)
     return {d: sums[2 * i] / sums[2 * i + 1] for i, d in enumerate(domains)}
 
 
@@ -110,7 +98,7 @@ def load_or_measure_ref_losses(*, given: dict[str, float] | None, cache_path: st
                              f"({', '.join(domains)}) or none to measure them from the teacher")
         return {d: float(given[d]) for d in domains}
     cached = _read_cached_losses(cache_path, domains)
-    if _all_reduce([0.0 if cached is None else 1.0], op="min")[0] == 1.0:
+    if agree(cached is not None):
         logger.info("reference losses from %s", cache_path)
         return cached
     losses = {d: float(v) for d, v in measure().items()}
@@ -133,10 +121,11 @@ def _read_cached_losses(path: str, domains: list[str]) -> dict[str, float] | Non
 
 
 class DomainWeightUpdater:
-    """Holds the domain weights, updates them every ``update_every`` steps (``mode="dynamic"``), and
-    records their ``history`` for the checkpoint and the plot.
+    """The owner of the domain weights: holds them (validated and normalised in one place,
+    :meth:`set_weights`), updates them every ``update_every`` steps (``mode="dynamic"``), records their
+    ``history`` for the checkpoint and the plot. The loader reads :attr:`probabilities`.
 
-    Use: ``if updater.due(step): loader.set_weights(updater.update(step, measured_losses))``.
+    Use: ``if updater.due(step): updater.update(step, measured_losses)``.
     """
 
     def __init__(self, *, domains: list[str], weights: dict[str, float], mode: str = "constant",
@@ -146,16 +135,16 @@ class DomainWeightUpdater:
             raise ValueError(f"mode={mode!r} must be one of {MODES}")
         if update_every < 1:
             raise ValueError(f"update_every={update_every} must be >= 1")
-        if mode == "dynamic" and ref_losses is None:
-            raise ValueError("mode='dynamic' needs ref_losses (given, or measured with load_or_measure_ref_losses)")
         if eta < 0 or not 0 <= smoothing <= 1:
             raise ValueError(f"need eta >= 0 and smoothing in [0, 1] (got eta={eta}, smoothing={smoothing})")
         self.domains, self.mode, self.eta, self.smoothing = list(domains), mode, float(eta), float(smoothing)
         self.update_every = int(update_every)
-        self.ref_losses = self._complete(ref_losses, "ref_losses") if ref_losses is not None else None
-        self.weights = self._normalised(weights)
+        self.ref_losses = None
+        if ref_losses is not None:
+            self.set_ref_losses(ref_losses)
+        self.set_weights(weights)
         self.history: list[tuple[int, dict[str, float]]] = [(0, dict(self.weights))]
-        self._log = _is_rank_zero() if log is None else log
+        self._log = is_rank_zero() if log is None else log
 
     def _complete(self, values: dict[str, float], what: str) -> dict[str, float]:
         missing = [d for d in self.domains if d not in values]
@@ -163,12 +152,24 @@ class DomainWeightUpdater:
             raise ValueError(f"{what} {dict(values)} lack domain(s) {missing}")
         return {d: float(values[d]) for d in self.domains}
 
-    def _normalised(self, weights: dict[str, float]) -> dict[str, float]:
-        w = self._complete(weights, "weights")
-        total = sum(w.values())
-        if total <= 0 or any(v < 0 or not math.isfinite(v) for v in w.values()):
-            raise ValueError(f"weights {w} must be finite, >= 0 and not all 0")
-        return {d: v / total for d, v in w.items()}
+    def set_weights(self, weights: dict[str, float]) -> None:
+        """The one validation and normalisation of domain weights: every domain named, finite, >= 0, not
+        all 0; stored divided by their sum."""
+        extra = [d for d in weights if d not in self.domains]
+        if extra:
+            raise ValueError(f"weights {dict(weights)} name unknown domain(s) {extra}; the domains are {self.domains}")
+        values = np.array(list(self._complete(weights, "weights").values()), dtype=np.float64)
+        if not np.all(np.isfinite(values)) or np.any(values < 0) or values.sum() <= 0:
+            raise ValueError(f"weights {dict(weights)} must be finite, >= 0 and not all 0")
+        self._set_exact(values / values.sum())
+
+    def _set_exact(self, probabilities: np.ndarray) -> None:
+        self.probabilities = probabilities  # read by the loader for every micro-batch
+        self.weights = {d: float(p) for d, p in zip(self.domains, probabilities)}
+
+    def set_ref_losses(self, ref_losses: dict[str, float]) -> None:
+        """The per-domain targets of dynamic mode (given, or measured with ``load_or_measure_ref_losses``)."""
+        self.ref_losses = self._complete(ref_losses, "ref_losses")
 
     def due(self, step: int) -> bool:
         return self.mode == "dynamic" and step > 0 and step % self.update_every == 0
@@ -177,10 +178,13 @@ class DomainWeightUpdater:
         """New weights from this step's per-domain eval losses (unchanged in constant mode)."""
         if self.mode == "constant":
             return dict(self.weights)
+        if self.ref_losses is None:
+            raise ValueError("mode='dynamic' needs ref_losses before the first update: pass ref_losses= or call "
+                             "set_ref_losses (given, or measured with load_or_measure_ref_losses)")
         losses = self._complete(losses, "losses")
         new = update_domain_weights([self.weights[d] for d in self.domains], [losses[d] for d in self.domains],
                                     [self.ref_losses[d] for d in self.domains], eta=self.eta, smoothing=self.smoothing)
-        self.weights = dict(zip(self.domains, new))
+        self.set_weights(dict(zip(self.domains, new)))
         self.history.append((int(step), dict(self.weights)))
         if self._log:
             logger.info("step %d domain weights: %s (eval - ref: %s)", step,
@@ -205,11 +209,9 @@ class DomainWeightUpdater:
         ax.legend(fontsize="small", ncol=2)
         ax.grid(alpha=0.3)
         fig.tight_layout()
-        root, ext = os.path.splitext(path)
-        tmp = f"{root}.tmp-{os.getpid()}{ext or '.png'}"
-        fig.savefig(tmp, dpi=100)
+        with atomic_path(path) as tmp:
+            fig.savefig(tmp, dpi=100, format="png")
         plt.close(fig)
-        os.replace(tmp, path)
 
     def state_dict(self) -> dict:
         return {"version": STATE_VERSION, "mode": self.mode, "domains": list(self.domains),
@@ -222,15 +224,8 @@ class DomainWeightUpdater:
         if state["domains"] != self.domains:
             raise ValueError(f"domain-weight state is for domains {state['domains']}, this run has {self.domains}")
         # exactly as saved: renormalising would move the last bit and break bit-exact resume
-        self.weights = self._complete(state["weights"], "weights")
+        self._set_exact(np.array(list(self._complete(state["weights"], "weights").values()), dtype=np.float64))
         if state.get("ref_losses") is not None:
             self.ref_losses = self._complete(state["ref_losses"], "ref_losses")
         self.history = [(int(s), dict(zip(self.domains, w))) for s, w in state["history"]]
 
-
-def _is_rank_zero() -> bool:
-    import torch.distributed as dist
-
-    if dist.is_available() and dist.is_initialized():
-        return dist.get_rank() == 0
-    return int(os.environ.get("RANK", 0)) == 0

@@ -68,15 +68,6 @@ def read_manifest(data_dir: str) -> dict:
     return manifest
 
 
-def write_json_atomic(path: str, obj) -> None:
-    """Write JSON to ``path`` through a temporary file and a rename: never a half-written file."""
-    tmp = f"{path}.tmp-{os.getpid()}"
-    with open(tmp, "w") as f:
-        json.dump(obj, f, indent=2)
-        f.write("\n")
-    os.replace(tmp, path)
-
-
 def format_counts(manifest: dict) -> str:
     """A table of the manifest's counts per domain and split."""
     lines = [f"seq_len {manifest['seq_len']}, vocab {manifest['vocab_size']}, dtype {manifest['dtype']}",

@@ -33,13 +33,15 @@ import shutil
 import sys
 import tempfile
 import time
-from dataclasses import dataclass, field
+import typing
+from dataclasses import MISSING, asdict, dataclass, field, fields
 from typing import Iterator
 
 import numpy as np
 
+from ast_ds.atomic import write_json_atomic
 from ast_ds.data.manifest import (FORMAT, MANIFEST_NAME, SPLITS, TOKENS_COLUMN, VERSION, SplitCounts, format_counts,
-                                  split_dir, write_json_atomic)
+                                  split_dir)
 from ast_ds.data.packing import RowPacker, choose_eval_docs, eval_doc_count, token_dtype
 from ast_ds.data.sources import DataPrepError, Domain, count_documents, discover_domain, iter_documents, \
     parse_input_spec
@@ -51,18 +53,41 @@ CHUNK_BYTES = 1 << 20  # raw text per work item handed to a tokenizer process
 CHUNK_LINES = 4096
 
 
+# Argument groups of the command line (``build_arg_parser``), in the order ``--help`` lists them.
+INPUT, TOKENIZATION, EVAL_SPLIT, OUTPUT = ("input", "tokenization",
+                                           "eval split (documents held out per domain, disjoint from train)", "output")
+
+
+def _option(default=MISSING, *, group: str, help: str, exclusive: str | None = None):
+    """A ``PrepareOptions`` field: its default (none: required) and its flag ``--<name>`` in ``group`` with
+    ``help``; flags with the same ``exclusive`` name are mutually exclusive."""
+    return field(default=default, metadata={"group": group, "help": help, "exclusive": exclusive})
+
+
 @dataclass(frozen=True)
 class PrepareOptions:
-    """Everything that decides the output (``workers`` and ``progress`` do not)."""
+    """Everything that decides the output (``workers`` and ``progress`` do not): the one definition of
+    ``prepare``'s keyword options and of the command line's flags of the same names (``build_arg_parser``).
 
-    tokenizer: str
-    seq_len: int = 4096
-    text_field: str = "text"
-    eval_fraction: float = 0.01
-    eval_docs: int | None = None
-    seed: int = 0
-    skip_bad_lines: bool = False
-    shard_size_limit: int = 1 << 26
+    The fields, in this order, also make up the run's config in ``manifest.json`` (``_run_config``), so a
+    field added here reaches the flags, ``prepare(...)`` and the up-to-date check at once."""
+
+    tokenizer: str = _option(group=TOKENIZATION,
+                             help="a SentencePiece .model file or a Hugging Face tokenizer folder")
+    seq_len: int = _option(4096, group=TOKENIZATION,
+                           help="tokens per row; documents are packed as [BOS] ids [EOS] back to back, the final "
+                                "tail of each domain and split (< seq_len tokens) is dropped and counted")
+    text_field: str = _option("text", group=INPUT, help="the JSON field that holds each document's text")
+    eval_fraction: float = _option(0.01, group=EVAL_SPLIT, exclusive="eval size",
+                                   help="fraction of each domain's documents held out (at least one when > 0; "
+                                        "0 = no eval split)")
+    eval_docs: int | None = _option(None, group=EVAL_SPLIT, exclusive="eval size",
+                                    help="number of documents per domain held out (instead of --eval_fraction)")
+    seed: int = _option(0, group=EVAL_SPLIT, help="seed of the eval-document choice")
+    skip_bad_lines: bool = _option(False, group=INPUT,
+                                   help="skip (and count in the manifest) lines with malformed JSON, no text field "
+                                        "or bad UTF-8, instead of stopping with an error naming the file and line")
+    shard_size_limit: int = _option(1 << 26, group=OUTPUT, help="bytes per MDS shard file")
 
     def __post_init__(self):
         if self.seq_len < 2:
@@ -74,6 +99,16 @@ class PrepareOptions:
         if not self.text_field:
             raise DataPrepError("--text_field: must not be empty")
 
+    @classmethod
+    def from_kwargs(cls, options: dict) -> PrepareOptions:
+        """``cls(**options)``, with a ``TypeError`` that names any keyword that is no option."""
+        names = [f.name for f in fields(cls)]
+        unknown = sorted(set(options) - set(names))
+        if unknown:
+            raise TypeError(f"prepare() got unknown option(s) {', '.join(unknown)}; the options are "
+                            f"{', '.join(names)}, plus out, workers, overwrite and progress")
+        return cls(**options)
+
 
 @dataclass
 class PrepareResult:
@@ -82,19 +117,17 @@ class PrepareResult:
     up_to_date: bool  # True: the output already matched the arguments and nothing was written
 
 
-def prepare(inputs: dict[str, str] | list[str], *, tokenizer: str, out: str, seq_len: int = 4096,
-            text_field: str = "text", eval_fraction: float = 0.01, eval_docs: int | None = None, seed: int = 0,
-            skip_bad_lines: bool = False, workers: int = 1, overwrite: bool = False,
-            shard_size_limit: int = 1 << 26, progress: bool = True) -> PrepareResult:
+def prepare(inputs: dict[str, str] | list[str], *, out: str, workers: int = 1, overwrite: bool = False,
+            progress: bool = True, **options) -> PrepareResult:
     """Tokenize ``inputs`` ({domain: path} or ["domain=path", ...]) into ``out``; see the module doc.
 
-    Raises ``DataPrepError`` (bad input, with file and line) or ``TokenizerError``; on any error no
-    ``out`` is created or changed. With ``workers > 1`` the tokenizer processes are spawned, so a
-    script calling this must do so under ``if __name__ == "__main__":``.
+    ``options`` are the fields of ``PrepareOptions`` (``tokenizer=`` is required; ``seq_len=``,
+    ``eval_fraction=`` ...). Raises ``DataPrepError`` (bad input, with file and line) or
+    ``TokenizerError``; on any error no ``out`` is created or changed. With ``workers > 1`` the
+    tokenizer processes are spawned, so a script calling this must do so under
+    ``if __name__ == "__main__":``.
     """
-    opts = PrepareOptions(tokenizer=tokenizer, seq_len=seq_len, text_field=text_field,
-                          eval_fraction=eval_fraction, eval_docs=eval_docs, seed=seed,
-                          skip_bad_lines=skip_bad_lines, shard_size_limit=shard_size_limit)
+    opts = PrepareOptions.from_kwargs(options)
     if workers < 1:
         raise DataPrepError(f"--workers {workers}: must be >= 1")
     domains = _resolve_inputs(inputs)
@@ -152,11 +185,9 @@ def _run_config(domains: list[Domain], opts: PrepareOptions, tokenizer_sha256: s
             files.append([os.path.relpath(f, d.path) if f != d.path else os.path.basename(f), st.st_size,
                           st.st_mtime_ns])
         inputs[d.name] = {"path": d.path, "files": files}
+    options = {k: v for k, v in asdict(opts).items() if k != "tokenizer"}  # in field order
     return {"domains": [d.name for d in domains], "inputs": inputs,
-            "tokenizer": {"path": os.path.abspath(opts.tokenizer), "sha256": tokenizer_sha256},
-            "seq_len": opts.seq_len, "text_field": opts.text_field, "eval_fraction": opts.eval_fraction,
-            "eval_docs": opts.eval_docs, "seed": opts.seed, "skip_bad_lines": opts.skip_bad_lines,
-            "shard_size_limit": opts.shard_size_limit}
+            "tokenizer": {"path": os.path.abspath(opts.tokenizer), "sha256": tokenizer_sha256}, **options}
 
 
 def _existing_config(out: str) -> dict | None:
@@ -469,42 +500,50 @@ def _check_split_has_rows(d: Domain, *, counts: dict[str, SplitCounts], seq_len:
 
 
 def build_arg_parser() -> argparse.ArgumentParser:
+    """The flags of ``PrepareOptions`` (generated from its fields) plus those of the run only."""
     p = argparse.ArgumentParser(
         prog="data_prep/prepare.py",
         description="Tokenize jsonl documents per domain into fixed-length token rows in MDS shards "
                     "(DIR/<domain>/{train,eval}/) with DIR/manifest.json. Rerunning with the same arguments "
                     "does nothing.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    g = p.add_argument_group("input")
-    g.add_argument("--input", action="append", required=True, metavar="NAME=PATH",
-                   help="a domain: NAME (its folder name in the output) = a .jsonl/.jsonl.gz/.jsonl.zst file or a "
-                        "folder searched recursively for them (RedPajama: one folder per domain); repeat per domain")
-    g.add_argument("--text_field", default="text", help="the JSON field that holds each document's text")
-    g.add_argument("--skip_bad_lines", action="store_true",
-                   help="skip (and count in the manifest) lines with malformed JSON, no text field or bad UTF-8, "
-                        "instead of stopping with an error naming the file and line")
-    g = p.add_argument_group("tokenization")
-    g.add_argument("--tokenizer", required=True,
-                   help="a SentencePiece .model file or a Hugging Face tokenizer folder")
-    g.add_argument("--seq_len", type=int, default=4096,
-                   help="tokens per row; documents are packed as [BOS] ids [EOS] back to back, the final tail of "
-                        "each domain and split (< seq_len tokens) is dropped and counted")
-    g.add_argument("--workers", type=int, default=1, help="tokenizer processes (1 = tokenize in this process)")
-    g = p.add_argument_group("eval split (documents held out per domain, disjoint from train)")
-    ev = g.add_mutually_exclusive_group()
-    ev.add_argument("--eval_fraction", type=float, default=0.01,
-                    help="fraction of each domain's documents held out (at least one when > 0; 0 = no eval split)")
-    ev.add_argument("--eval_docs", type=int, default=None, help="number of documents per domain held out "
-                                                                "(instead of --eval_fraction)")
-    g.add_argument("--seed", type=int, default=0, help="seed of the eval-document choice")
-    g = p.add_argument_group("output")
-    g.add_argument("--out", required=True, metavar="DIR",
-                   help="output folder; written via a temporary folder next to it and published by rename")
-    g.add_argument("--overwrite", action="store_true",
-                   help="replace an existing DIR that was prepared with different arguments or input files")
-    g.add_argument("--shard_size_limit", type=int, default=1 << 26, help="bytes per MDS shard file")
-    g.add_argument("--no_progress", action="store_true", help="no progress bars")
+    groups = {name: p.add_argument_group(name) for name in (INPUT, TOKENIZATION, EVAL_SPLIT, OUTPUT)}
+    groups[INPUT].add_argument(
+        "--input", action="append", required=True, metavar="NAME=PATH",
+        help="a domain: NAME (its folder name in the output) = a .jsonl/.jsonl.gz/.jsonl.zst file or a folder "
+             "searched recursively for them (RedPajama: one folder per domain); repeat per domain")
+    groups[OUTPUT].add_argument("--out", required=True, metavar="DIR",
+                                help="output folder; written via a temporary folder next to it and published by "
+                                     "rename")
+    groups[OUTPUT].add_argument("--overwrite", action="store_true",
+                                help="replace an existing DIR that was prepared with different arguments or input "
+                                     "files")
+    _add_option_flags(groups)
+    groups[TOKENIZATION].add_argument("--workers", type=int, default=1,
+                                      help="tokenizer processes (1 = tokenize in this process)")
+    groups[OUTPUT].add_argument("--no_progress", action="store_true", help="no progress bars")
     return p
+
+
+def _add_option_flags(groups: dict) -> None:
+    """One flag ``--<name>`` per ``PrepareOptions`` field, in the argument group ``groups[<its group>]``:
+    the field's type, default and help (a bool: a switch)."""
+    hints = typing.get_type_hints(PrepareOptions)
+    exclusive = {}  # name → mutually exclusive group
+    for f in fields(PrepareOptions):
+        group, help_text, together = f.metadata["group"], f.metadata["help"], f.metadata["exclusive"]
+        target = groups[group]
+        if together is not None:
+            if together not in exclusive:
+                exclusive[together] = target.add_mutually_exclusive_group()
+            target = exclusive[together]
+        kind = next((t for t in typing.get_args(hints[f.name]) if t is not type(None)), hints[f.name])  # X | None
+        if kind is bool:
+            kw = {"action": argparse.BooleanOptionalAction if f.default is True else "store_true"}
+        else:
+            kw = {"type": kind}
+        kw.update({"required": True} if f.default is MISSING else {"default": f.default})
+        target.add_argument(f"--{f.name}", help=help_text, **kw)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -512,12 +551,10 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     from ast_ds.data.tokenizer import TokenizerError
 
+    options = {f.name: getattr(args, f.name) for f in fields(PrepareOptions)}
     try:
-        result = prepare(args.input, tokenizer=args.tokenizer, out=args.out, seq_len=args.seq_len,
-                         text_field=args.text_field, eval_fraction=args.eval_fraction, eval_docs=args.eval_docs,
-                         seed=args.seed, skip_bad_lines=args.skip_bad_lines, workers=args.workers,
-                         overwrite=args.overwrite, shard_size_limit=args.shard_size_limit,
-                         progress=not args.no_progress)
+        result = prepare(args.input, out=args.out, workers=args.workers, overwrite=args.overwrite,
+                         progress=not args.no_progress, **options)
     except (DataPrepError, TokenizerError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -1,37 +1,57 @@
-"""What ``data_prep/inspect.py`` prints: the manifest's counts and a few decoded rows per domain."""
+"""What ``data_prep/summarize.py`` prints: the manifest's counts and a few decoded rows per domain.
+
+``summarize(...)`` builds the text; ``build_arg_parser`` / ``main`` are the script's command line.
+"""
 
 from __future__ import annotations
 
-import os
+import argparse
+import sys
 
-from ast_ds.data.manifest import format_counts, read_manifest
-from ast_ds.data.tokenizer import SENTENCEPIECE, load_tokenizer
-
-
-def corpus_tokenizer(data_dir: str, manifest: dict):
-    """The tokenizer copy stored with the corpus (``DIR/tokenizer``)."""
-    folder = os.path.join(data_dir, manifest["tokenizer"]["copy"])
-    if manifest["tokenizer"]["kind"] == SENTENCEPIECE:
-        return load_tokenizer(os.path.join(folder, "tokenizer.model"))  # no transformers import needed
-    return load_tokenizer(folder)
+from ast_ds.data.corpus import Corpus
+from ast_ds.data.manifest import format_counts
 
 
 def summarize(data_dir: str, *, rows: int = 2, split: str = "train", max_chars: int = 400) -> str:
-    """Counts per domain and split, then the first ``rows`` rows of each domain's ``split``, decoded."""
-    from ast_ds.data.loader import open_split
-
-    manifest = read_manifest(data_dir)
+    """Counts per domain and split, then the first ``rows`` rows of each domain's ``split``, decoded
+    with the corpus's own tokenizer copy."""
+    corpus = Corpus(data_dir)
+    manifest = corpus.manifest
     out = [f"{data_dir}", format_counts(manifest)]
     if rows <= 0:
         return "\n".join(out)
-    tok = corpus_tokenizer(data_dir, manifest)
+    tok = corpus.tokenizer()
     for domain, entry in manifest["domains"].items():
         n = min(rows, entry[split]["rows"])
         if n == 0:
             continue
-        reader = open_split(data_dir, domain=domain, split=split)
-        for i, row in enumerate(reader.rows(range(n))):
+        for i, row in enumerate(corpus.split(domain, split).rows(range(n))):
             text = tok.decode(row)
             text = text if len(text) <= max_chars else text[:max_chars] + " …"
             out.append(f"\n--- {domain}/{split} row {i} ({len(row)} tokens, first ids {row[:8].tolist()}) ---\n{text}")
     return "\n".join(out)
+
+
+# --------------------------------------------------------------------------------------------------
+# Command line (data_prep/summarize.py)
+
+
+def build_arg_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="data_prep/summarize.py",
+                                description="Counts per domain and split of a prepared corpus, and N decoded rows "
+                                            "per domain.",
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("dir", metavar="DIR", help="output folder of data_prep/prepare.py")
+    p.add_argument("--rows", type=int, default=2, help="decoded rows to show per domain (0 = counts only)")
+    p.add_argument("--split", default="train", choices=["train", "eval"], help="split the rows come from")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_arg_parser().parse_args(argv)
+    try:
+        print(summarize(args.dir, rows=args.rows, split=args.split))
+    except (FileNotFoundError, ValueError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    return 0

@@ -10,7 +10,8 @@ For a target weight W with keep-mask m (bool, True = kept) at step t (1-based):
 
 Decoupled weight decay (``weight_decay``) is applied first, as torch.optim.AdamW does, and is kept
 separate from λ. ``¬m`` is a *bool* negation: the authors' GPT-2 code negates an int mask with ``~``,
-which gives −1/−2 and turns the decay into growth of every weight (reference/ast_reference_code.md §2).
+which gives −1/−2 and turns the decay into growth of every weight (docs/design.md, "The update";
+``test_the_decay_check_catches_the_int_mask_bug`` guards it).
 
 The optimizer does not know how parameters are laid out. A :class:`MaskStore` tells it, for each
 tensor it steps, which contiguous runs of elements are N:M targets and their keep-masks, and

@@ -35,15 +35,14 @@ class FlipCounter:
         self.flips = self.init_flips = self.numel = 0
 
 
-def reduce_flip_counts(counter: FlipCounter, *, group=None, device="cpu") -> dict[str, float]:
+def reduce_flip_counts(counter: FlipCounter, *, group=None) -> dict[str, float]:
     """All-reduce the counts over ``group`` (every rank must call) and return the global rates.
 
     Without an initialised process group the local counts are the global ones.
     """
-    counts = torch.tensor([counter.flips, counter.init_flips, counter.numel], dtype=torch.float64, device=device)
-    if torch.distributed.is_available() and torch.distributed.is_initialized():
-        torch.distributed.all_reduce(counts, group=group)
-    flips, init_flips, numel = counts.tolist()
+    from ast_ds.collectives import all_reduce_floats
+
+    flips, init_flips, numel = all_reduce_floats([counter.flips, counter.init_flips, counter.numel], group=group)
     return {"flip_rate": flips / numel if numel else 0.0,
             "init_flip_rate": init_flips / numel if numel else 0.0,
             "mask_numel": int(numel)}

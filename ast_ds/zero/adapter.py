@@ -1,6 +1,6 @@
 """Shard-local N:M masks for DeepSpeed ZeRO-3: the adapter between :class:`ASTAdamW` and the engine.
 
-What ZeRO-3 does (DeepSpeed 0.19.x, reference/deepspeed_zero3.md §1–2): each rank holds a flat 1/W
+What ZeRO-3 does (DeepSpeed 0.19.x; the internals relied on are listed in docs/design.md): each rank holds a flat 1/W
 slice of every parameter; parameters are grouped into *sub-groups*; per sub-group ``i`` the rank has
 a fp32 master ``zopt.fp32_partitioned_groups_flat[i]`` (the concatenation of its params' slices) and
 16-bit working slices ``param.ds_tensor`` that forward passes all-gather. ``zopt.step()`` calls the
@@ -37,6 +37,7 @@ from typing import Iterable
 import torch
 import torch.distributed as dist
 
+from ast_ds.collectives import all_reduce_floats, reduce_device
 from ast_ds.sparsity.flip import FlipCounter, reduce_flip_counts
 from ast_ds.sparsity.nm_mask import check_nm, nm_mask_flat, pack_bits, unpack_bits
 
@@ -232,9 +233,7 @@ class ShardedMasks:
         """All-gather, for every target in the sub-group, the first and last M−1 valid elements of each
         rank's slice: ``[world, n_targets, 2, M−1]``."""
         k = self.m - 1
-        from deepspeed.accelerator import get_accelerator  # the device collectives must run on
-
-        device = get_accelerator().current_device_name()
+        device = reduce_device(sg.group)
         buf = torch.zeros(len(sg.segments), 2, k, dtype=torch.float32, device=device)
         for j, s in enumerate(sg.segments):
             take = min(k, s.length)
@@ -303,26 +302,22 @@ class ShardedMasks:
     # ------------------------------------------------------------------ metrics and state
     def flip_rates(self) -> dict[str, float]:
         """Global flip and initial-flip rates since the last call (collective: every rank calls)."""
-        from deepspeed.accelerator import get_accelerator
-
-        out = reduce_flip_counts(self.counter, device=get_accelerator().current_device_name())
+        out = reduce_flip_counts(self.counter)
         self.counter.reset()
         return out
 
     @torch.no_grad()
     def measured_sparsity(self) -> float:
         """Fraction of zeros in the working (forward) target weights, over all ranks (collective)."""
-        from deepspeed.accelerator import get_accelerator
-
-        counts = torch.zeros(2, dtype=torch.float64, device=get_accelerator().current_device_name())
+        zeros = total = 0
         for sg in self._by_index:
             for s in sg.segments:
                 if s.length:
                     working = s.param.ds_tensor.data.view(-1).narrow(0, 0, s.length)
-                    counts[0] += int((working == 0).sum())
-                    counts[1] += s.length
-        dist.all_reduce(counts)
-        return float(counts[0] / counts[1]) if counts[1] else 0.0
+                    zeros += int((working == 0).sum())
+                    total += s.length
+        zeros, total = all_reduce_floats([zeros, total])
+        return zeros / total if total else 0.0
 
     def local_masks(self) -> dict[str, tuple[int, torch.Tensor]]:
         """``name -> (global_start, local keep slice)`` of this rank (for verification and tests)."""

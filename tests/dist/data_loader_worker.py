@@ -11,6 +11,7 @@ import os
 
 import torch.distributed as dist
 
+from ast_ds.data.corpus import Corpus
 from ast_ds.data.domain_weights import measure_domain_losses
 from ast_ds.data.loader import MultiDomainLoader, eval_batches
 
@@ -24,20 +25,22 @@ def main():
     args = p.parse_args()
     dist.init_process_group("gloo")
     rank = dist.get_rank()
-    make = dict(data_dir=args.data_dir, micro_batch=4, seed=5, weights={"wiki": 1, "code": 1, "books": 2})
+    corpus = Corpus(args.data_dir)
+    make = dict(corpus=corpus, micro_batch=4, seed=5, weights={"wiki": 1, "code": 1, "books": 2})
     loader = MultiDomainLoader(**make)
     batches, state = [], None
     for step in range(args.steps):
         if step == args.save_at:
-            state = json.loads(json.dumps(loader.state_dict()))
+            state = json.loads(json.dumps([loader.state_dict(), loader.domain_weights.state_dict()]))
         if step == 5:
-            loader.set_weights({"wiki": 1, "code": 3, "books": 1})
+            loader.domain_weights.set_weights({"wiki": 1, "code": 3, "books": 1})
         batches.append(loader.next_batch())
     resumed_loader = MultiDomainLoader(**make)
-    resumed_loader.load_state_dict(state)
+    resumed_loader.load_state_dict(state[0])
+    resumed_loader.domain_weights.load_state_dict(state[1])
     resumed = [resumed_loader.next_batch() for _ in range(args.save_at, args.steps)]
-    evals = [b["input_ids"].tolist() for b in eval_batches(data_dir=args.data_dir, domain="code", micro_batch=3)]
-    losses = measure_domain_losses(lambda b: b["input_ids"].double().mean(dim=1), data_dir=args.data_dir,
+    evals = [b["input_ids"].tolist() for b in eval_batches(corpus, domain="code", micro_batch=3)]
+    losses = measure_domain_losses(lambda b: b["input_ids"].double().mean(dim=1), corpus,
                                    domains=loader.domains, micro_batch=3)
     result = {"rank": rank, "world": dist.get_world_size(), "domains": loader.domains,
               "rows": [b["input_ids"].tolist() for b in batches], "domain": [b["domain"].tolist() for b in batches],

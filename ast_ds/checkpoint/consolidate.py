@@ -12,26 +12,11 @@ import os
 
 import torch
 
-from ast_ds.checkpoint import COMPLETE, CheckpointError, complete_tags, read_meta
+from ast_ds.checkpoint.export import DTYPES, apply_mask, sparsity_report, write_hf_folder
+from ast_ds.checkpoint.layout import (META_MODE, META_PATTERN, META_STEP, META_WORLD_SIZE, SPARSITY, CheckpointError,
+                                      hf_meta_dir, rank_file, read_meta, resolve_tag_dir, run_dir_of)
 from ast_ds.converters import EXPORT_FILE, fold_for_export
-from ast_ds.export import DTYPES, apply_mask, sparsity_report, write_hf_folder
 from ast_ds.sparsity.nm_mask import parse_nm, unpack_bits
-
-
-def resolve_tag_dir(checkpoint: str) -> str:
-    """A run folder, its ``checkpoints`` folder, or one tag folder -> the tag folder to export."""
-    path = checkpoint.rstrip("/")
-    if os.path.isdir(os.path.join(path, "checkpoints")):
-        path = os.path.join(path, "checkpoints")
-    if not os.path.isdir(path):
-        raise CheckpointError(f"--checkpoint {checkpoint}: no such folder")
-    if os.path.isfile(os.path.join(path, COMPLETE)):
-        return path
-    tags = complete_tags(path)
-    if not tags:
-        raise CheckpointError(f"--checkpoint {checkpoint}: no complete checkpoint (no tag with a {COMPLETE} marker; "
-                              f"a save that was interrupted is partial and cannot be exported)")
-    return os.path.join(path, tags[-1])
 
 
 def stitch_masks(rank_states: list[dict], numels: dict[str, int]) -> dict[str, torch.Tensor]:
@@ -55,57 +40,69 @@ def stitch_masks(rank_states: list[dict], numels: dict[str, int]) -> dict[str, t
     return flat
 
 
-def consolidate(checkpoint: str, out: str, *, dtype: str = "bf16", overwrite: bool = False) -> dict:
+def _fp32_state_dict(tag_dir: str) -> dict[str, torch.Tensor]:
     from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
-    from tqdm import tqdm
 
-    tag_dir = resolve_tag_dir(checkpoint)
-    root, tag = os.path.split(tag_dir)
-    run_dir = os.path.dirname(root)
-    meta = read_meta(tag_dir)
-    world = int(meta["world_size"])
-    rank_files = [os.path.join(tag_dir, f"trainer_rank{r:05d}.pt") for r in range(world)]
-    missing = [f for f in rank_files if not os.path.isfile(f)]
-    if missing:
-        raise CheckpointError(f"{tag_dir} is incomplete: missing {', '.join(os.path.basename(f) for f in missing)}")
-    meta_dir = os.path.join(run_dir, "hf_meta")
-    if not os.path.isfile(os.path.join(meta_dir, "config.json")):
-        raise CheckpointError(f"{meta_dir}/config.json is missing: the run folder of {tag_dir} is incomplete")
+    root, tag = os.path.split(tag_dir.rstrip("/"))
     try:
         state_dict = get_fp32_state_dict_from_zero_checkpoint(root, tag=tag)
     except Exception as e:  # noqa: BLE001 - DeepSpeed raises assorted errors on damaged shards
         raise CheckpointError(f"cannot assemble the fp32 weights of {tag_dir} ({type(e).__name__}: {e}); the "
                               f"checkpoint is corrupted or partial") from None
-    state_dict = {k: v.float() for k, v in state_dict.items()}
+    return {k: v.float() for k, v in state_dict.items()}
 
-    report_extra = {"checkpoint": os.path.abspath(tag_dir), "step": meta.get("step"), "mode": meta.get("mode")}
+
+def _rank_sparsity_states(rank_files: list[str]) -> list[dict]:
+    states = []
+    for f in rank_files:
+        try:
+            states.append(torch.load(f, map_location="cpu", weights_only=False)[SPARSITY])
+        except Exception as e:  # noqa: BLE001
+            raise CheckpointError(f"cannot read {f} ({type(e).__name__}: {e}); the checkpoint is corrupted") from None
+    return states
+
+
+def _apply_saved_masks(state_dict: dict[str, torch.Tensor], rank_files: list[str], *, n: int, m: int
+                       ) -> tuple[list[str], dict]:
+    """W ⊙ m in place for every target, with the masks training used; returns (targets, converter modules)."""
+    from tqdm import tqdm
+
+    rank_states = _rank_sparsity_states(rank_files)
+    names = sorted({name for st in rank_states for layout in st["layout"] for name, _, _ in layout})
+    unknown = [nm for nm in names if nm not in state_dict]
+    if unknown:
+        raise CheckpointError(f"masks name weights the checkpoint lacks: {unknown[:3]}")
+    masks = stitch_masks(rank_states, {nm: state_dict[nm].numel() for nm in names})
+    modules = fold_for_export(state_dict, names)  # CAST weight scaling folded; SLoRB tensors kept
+    for name in tqdm(names, desc="apply N:M masks", unit="layer"):
+        keep = masks[name].view(state_dict[name].shape)
+        if not torch.all(keep.view(-1, m).sum(1) == n):
+            raise CheckpointError(f"saved mask of {name} does not keep exactly {n} of every {m}")
+        state_dict[name] = apply_mask(state_dict[name], keep)
+    return names, modules
+
+
+def consolidate(checkpoint: str, out: str, *, dtype: str = "bf16", overwrite: bool = False) -> dict:
+    """Export ``checkpoint`` (a run folder, its checkpoints folder or one tag) to the HF folder ``out``."""
+    tag_dir = resolve_tag_dir(checkpoint)
+    meta = read_meta(tag_dir)
+    rank_files = [rank_file(tag_dir, r) for r in range(int(meta[META_WORLD_SIZE]))]
+    missing = [f for f in rank_files if not os.path.isfile(f)]
+    if missing:
+        raise CheckpointError(f"{tag_dir} is incomplete: missing {', '.join(os.path.basename(f) for f in missing)}")
+    meta_dir = hf_meta_dir(run_dir_of(tag_dir))
+    if not os.path.isfile(os.path.join(meta_dir, "config.json")):
+        raise CheckpointError(f"{meta_dir}/config.json is missing: the run folder of {tag_dir} is incomplete")
+    state_dict = _fp32_state_dict(tag_dir)
+
     targets, modules = [], {"slorb": [], "weight_scaling_folded": []}
-    if meta.get("mode") == "ast":
-        n, m = parse_nm(meta["pattern"])
-        rank_states = []
-        for f in rank_files:
-            try:
-                rank_states.append(torch.load(f, map_location="cpu", weights_only=False)["sparsity"])
-            except Exception as e:  # noqa: BLE001
-                raise CheckpointError(f"cannot read {f} ({type(e).__name__}: {e}); the checkpoint is corrupted") \
-                    from None
-        names = sorted({name for st in rank_states for layout in st["layout"] for name, _, _ in layout})
-        unknown = [nm for nm in names if nm not in state_dict]
-        if unknown:
-            raise CheckpointError(f"masks name weights the checkpoint lacks: {unknown[:3]}")
-        masks = stitch_masks(rank_states, {nm: state_dict[nm].numel() for nm in names})
-        modules = fold_for_export(state_dict, names)  # CAST weight scaling folded; SLoRB tensors kept
-        for name in tqdm(names, desc="apply N:M masks", unit="layer"):
-            keep = masks[name].view(state_dict[name].shape)
-            per_group = keep.view(-1, m).sum(1)
-            if not torch.all(per_group == n):
-                raise CheckpointError(f"saved mask of {name} does not keep exactly {n} of every {m}")
-            state_dict[name] = apply_mask(state_dict[name], keep)
-        targets = names
+    if meta.get(META_MODE) == "ast":
+        n, m = parse_nm(meta[META_PATTERN])
+        targets, modules = _apply_saved_masks(state_dict, rank_files, n=n, m=m)
     cast = {k: v.to(DTYPES[dtype]) for k, v in state_dict.items()}
     report = sparsity_report(cast, targets, n=n, m=m) if targets else {"all_ok": True, "num_targets": 0,
                                                                          "note": "dense checkpoint"}
-    report.update(report_extra)
+    report.update(checkpoint=os.path.abspath(tag_dir), step=meta.get(META_STEP), mode=meta.get(META_MODE))
     report["pure_nm"] = not modules["slorb"]
     if modules["slorb"]:
         report["note"] = (f"SLoRB: {len(modules['slorb'])} dense low-rank branches beside the N:M weights; not pure "

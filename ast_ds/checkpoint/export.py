@@ -1,6 +1,7 @@
 """Writing Hugging Face model folders whose target linears are exactly N:M, with a sparsity report.
 
-Used by consolidation (sharded checkpoint -> HF) and the one-shot baselines (HF -> HF). The folder is
+Used by consolidation (sharded checkpoint -> HF) and the one-shot baselines (HF -> HF); also writes a
+run's ``hf_meta`` (the config and tokenizer every export of the run copies). The folder is
 built under a temporary name next to ``out`` and published by rename, so a crash never leaves a
 folder that looks complete.
 """
@@ -43,6 +44,20 @@ def copy_tokenizer(src: str, dst: str) -> list[str]:
     for f in files:
         shutil.copy2(os.path.join(src, f), dst)
     return files
+
+
+def write_hf_meta(run_dir: str, model_config, *, model_path: str, corpus) -> str:
+    """``<run>/hf_meta``: the model's HF config and tokenizer, which consolidation copies into every export.
+    The tokenizer comes from the model folder, else from the corpus's own copy (what the data was
+    tokenized with). Rank 0 only; returns the folder."""
+    from ast_ds.checkpoint.layout import hf_meta_dir
+
+    meta = hf_meta_dir(run_dir)
+    os.makedirs(meta, exist_ok=True)
+    model_config.save_pretrained(meta)
+    if not copy_tokenizer(model_path, meta):
+        copy_tokenizer(corpus.tokenizer_dir(), meta)
+    return meta
 
 
 def write_hf_folder(out: str, *, state_dict: dict[str, torch.Tensor], config_dir: str, dtype: str,

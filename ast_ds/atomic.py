@@ -1,0 +1,53 @@
+"""Atomic file writes: the one place that spells "write a temporary name, fsync, rename".
+
+A reader (or a resumed job) sees either the old file or the complete new one, never a half-written
+file; a crash leaves at most a ``<name>.tmp-<pid>`` beside it, which the next write replaces.
+
+    with atomic_path("curves.png") as tmp:      # any writer that takes a path (savefig, torch.save, gzip)
+        fig.savefig(tmp)
+    write_json_atomic("results.json", results)
+    write_text_atomic("latest", "step_00000100")
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+from typing import Iterator
+
+
+def fsync_file(path: str) -> None:
+    """Flush ``path``'s bytes to the storage device (a rename is durable only after its data is)."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+@contextlib.contextmanager
+def atomic_path(path: str, *, fsync: bool = True) -> Iterator[str]:
+    """Yield a temporary path beside ``path`` (same extension, so writers that look at it behave); on a
+    clean exit fsync it and rename it onto ``path``; on an error remove it and leave ``path`` as it was."""
+    root, ext = os.path.splitext(path)
+    tmp = f"{root}.tmp-{os.getpid()}{ext}"
+    try:
+        yield tmp
+        if fsync:
+            fsync_file(tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.remove(tmp)
+        raise
+
+
+def write_text_atomic(path: str, text: str, *, fsync: bool = True) -> None:
+    with atomic_path(path, fsync=fsync) as tmp, open(tmp, "w", encoding="utf-8") as f:
+        f.write(text)
+
+
+def write_json_atomic(path: str, obj, *, indent: int | None = 2, fsync: bool = True) -> None:
+    """``obj`` as JSON (trailing newline) through a temporary file and a rename."""
+    write_text_atomic(path, json.dumps(obj, indent=indent) + "\n", fsync=fsync)

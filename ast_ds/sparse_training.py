@@ -1,0 +1,125 @@
+"""What makes a run sparse, built in one place: targets, converters (SLoRB, CAST weight scaling), the
+N:M masks, the decay schedule, the optimizer rule (AST or CAST's AdamS), and their metrics and state.
+
+``build_sparse_training(cfg)`` returns a :class:`SparseTraining` for ``mode=ast`` and a
+:class:`DenseTraining` (the no-op counterpart: plain AdamW, no masks, no state) for ``mode=dense``, so the
+training loop never asks which one it has. The trainer calls, in this order:
+
+    st.check_ds_config(ds_cfg, source)      # AST needs ZeRO stage 3
+    st.prepare_model(student)               # converters add parameters before DeepSpeed wraps the model
+    optimizer = st.make_optimizer(groups, lr=..., betas=..., ...)
+    engine = deepspeed.initialize(..., optimizer=optimizer)
+    st.bind(engine)                         # initial masks; the forward now sees W ⊙ m
+    ... every step: st.step_metrics(step), and when logging st.log_metrics(step)    (collectives)
+    st.state_dict() / st.load_state_dict()  # per rank, through the checkpoint manager
+"""
+
+from __future__ import annotations
+
+import torch
+
+from ast_ds.config import SparsityConfig, TrainConfig
+from ast_ds.sparsity import DecaySchedule, parse_nm
+
+
+class DenseTraining:
+    """``mode=dense``: no sparsity. Every hook is a no-op; the optimizer is torch's AdamW."""
+
+    meta = {"mode": "dense", "pattern": None, "method": None, "slorb_k": 0, "scaling_groups": 0}
+
+    def check_ds_config(self, ds_cfg: dict, source: str) -> None:
+        pass
+
+    def prepare_model(self, model: torch.nn.Module) -> None:
+        pass
+
+    def make_optimizer(self, groups, **opt_args) -> torch.optim.Optimizer:
+        return torch.optim.AdamW(groups, foreach=False, **opt_args)
+
+    def bind(self, engine) -> None:
+        pass
+
+    def step_metrics(self, step: int) -> dict:
+        return {}
+
+    def log_metrics(self, step: int) -> dict:
+        return {}
+
+    def state_dict(self) -> None:
+        return None
+
+    def load_state_dict(self, state) -> None:
+        pass
+
+
+class SparseTraining:
+    """``mode=ast``: AST (masked forward, annealed SR-STE in AdamW) or CAST (dense forward, AdamS, hard
+    prune at export), with optional SLoRB or weight scaling. The optimizer owns the masks
+    (``ShardedMasks``, see docs/design.md)."""
+
+    def __init__(self, sp: SparsityConfig, *, total_steps: int):
+        self.sp, self.total_steps = sp, total_steps
+        self.n, self.m = parse_nm(sp.pattern)
+        t0 = 0 if sp.method == "cast" else round(sp.ramp_fraction * total_steps)  # CAST: constant λ (AdamS)
+        self.decay = DecaySchedule(sp.lam_max, total_steps, t0=t0)
+        self.masks = None
+        self.meta = {"mode": "ast", "pattern": sp.pattern, "method": sp.method, "slorb_k": sp.slorb_k,
+                     "scaling_groups": sp.scaling_groups}
+
+    def check_ds_config(self, ds_cfg: dict, source: str) -> None:
+        if ds_cfg["zero_optimization"].get("stage") != 3:
+            raise ValueError(f"{source}: mode=ast needs ZeRO stage 3 (ds_configs/zero3.json or zero3_offload.json); "
+                             f"stage 2 is for --mode dense")
+
+    def prepare_model(self, model: torch.nn.Module) -> None:
+        """Find the targets, add the converters' parameters (ZeRO-3 then partitions them like any other)
+        and create the masks the optimizer will own."""
+        from ast_ds.converters import add_slorb, add_weight_scaling
+        from ast_ds.model import sparse_target_names
+        from ast_ds.zero import ShardedMasks
+
+        targets = sparse_target_names(model, self.sp.targets)
+        if self.sp.slorb_k:
+            add_slorb(model, targets, k=self.sp.slorb_k, n=self.n, m=self.m)
+        if self.sp.scaling_groups:
+            add_weight_scaling(model, targets, groups=self.sp.scaling_groups)
+        self.masks = ShardedMasks(targets, n=self.n, m=self.m, track_initial=self.sp.track_initial,
+                                  mask_forward=self.sp.method == "ast")
+
+    def make_optimizer(self, groups, **opt_args) -> torch.optim.Optimizer:
+        from ast_ds.optim.ast_adamw import ASTAdamW
+
+        return ASTAdamW(groups, masks=self.masks, decay=self.decay, mask_interval=self.sp.mask_interval,
+                        rule="adams" if self.sp.method == "cast" else "ast", total_steps=self.total_steps, **opt_args)
+
+    def bind(self, engine) -> None:
+        """Initial masks (magnitude of W₀, or a one-shot method's); the forward now sees W ⊙ m."""
+        initial = None
+        if self.sp.init_mask:
+            from ast_ds.oneshot import masks_of_pruned_folder
+
+            initial = masks_of_pruned_folder(self.sp.init_mask, self.masks.target_names, n=self.n, m=self.m)
+        self.masks.bind(engine, initial_keep=initial)
+
+    def step_metrics(self, step: int) -> dict:
+        """Flip rates after each mask refresh (collective)."""
+        if self.sp.mask_interval and step % self.sp.mask_interval == 0:
+            return self.masks.flip_rates()
+        return {}
+
+    def log_metrics(self, step: int) -> dict:
+        """λ(t) and the measured sparsity of the forward weights (collective)."""
+        return {"lambda": self.decay(step), "sparsity": self.masks.measured_sparsity()}
+
+    def state_dict(self) -> dict:
+        return self.masks.state_dict()
+
+    def load_state_dict(self, state: dict) -> None:
+        """Collective: restores the masks, then rewrites W ⊙ m into the working weights (the engine's
+        checkpoint load refreshed them densely)."""
+        self.masks.load_state_dict(state)
+        self.masks.write_working_weights()
+
+
+def build_sparse_training(cfg: TrainConfig) -> SparseTraining | DenseTraining:
+    return SparseTraining(cfg.sparsity, total_steps=cfg.total_steps) if cfg.mode == "ast" else DenseTraining()

@@ -1,0 +1,50 @@
+"""The frozen dense teacher for distillation, or its no-op counterpart.
+
+``build_teacher`` returns a :class:`Teacher` (an optimizer-less ZeRO-3 engine over the dense model,
+partitioned like the student) when the run distils, else :class:`NoTeacher`, whose ``logits`` are None
+and whose ``alpha`` is 0, so the loss reduces to cross-entropy and the loop has no teacher branch.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from ast_ds.config import TrainConfig
+
+
+class NoTeacher:
+    alpha = 0.0
+    engine = None
+
+    def logits(self, input_ids: torch.Tensor) -> None:
+        return None
+
+
+class Teacher:
+    def __init__(self, engine, *, alpha: float):
+        self.engine, self.alpha = engine, alpha
+
+    @torch.no_grad()
+    def logits(self, input_ids: torch.Tensor) -> torch.Tensor:
+        return self.engine(input_ids=input_ids, use_cache=False).logits
+
+
+def build_teacher(cfg: TrainConfig, ds_cfg: dict, *, dtype: torch.dtype, vocab: int) -> Teacher | NoTeacher:
+    """Distillation runs in ``mode=ast`` with ``distill.alpha > 0``; the teacher is ``model.teacher_path``
+    (default: the student's starting point), frozen, in the student's precision."""
+    if cfg.mode != "ast" or cfg.distill.alpha <= 0:
+        return NoTeacher()
+    import deepspeed
+
+    from ast_ds.ds_config import teacher_ds_config
+    from ast_ds.model import load_causal_lm, vocab_size
+
+    t_cfg = teacher_ds_config(ds_cfg)
+    model = load_causal_lm(cfg.teacher_path, ds_config=t_cfg, dtype=dtype, what="model.teacher_path")
+    if vocab_size(model) != vocab:
+        raise ValueError(f"model.teacher_path {cfg.teacher_path}: teacher vocabulary {vocab_size(model)} != student "
+                         f"vocabulary {vocab}; distil from a model with the student's tokenizer")
+    model.requires_grad_(False)
+    engine, *_ = deepspeed.initialize(model=model, config=t_cfg)
+    engine.eval()
+    return Teacher(engine, alpha=cfg.distill.alpha)
