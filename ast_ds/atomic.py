@@ -1,7 +1,7 @@
 """Atomic file writes: the one place that spells "write a temporary name, fsync, rename".
 
 A reader (or a resumed job) sees either the old file or the complete new one, never a half-written
-file; a crash leaves at most a ``<name>.tmp-<pid>`` beside it, which the next write replaces.
+file; a crash leaves at most a ``<root>.tmp-<pid><ext>`` beside it (harmless; safe to delete).
 
     with atomic_path("curves.png") as tmp:      # any writer that takes a path (savefig, torch.save, gzip)
         fig.savefig(tmp)

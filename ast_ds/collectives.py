@@ -4,8 +4,8 @@
   :func:`is_rank_zero`;
 * where a collective's tensor lives: :func:`reduce_device` (NCCL refuses CPU tensors, gloo takes them);
 * the collectives: :func:`all_reduce_floats` (sum, mean, min, max of a few numbers, float64),
-  :func:`agree` (every rank learns whether every rank is fine, so an error on one rank is raised on all
-  of them *before* the next collective and nothing hangs), :func:`barrier`.
+  :func:`agree` (every rank learns whether every rank is fine) and :func:`raise_if_any` (an error on one
+  rank is raised on all of them *before* the next collective, so nothing hangs), :func:`barrier`.
 
 Every function here that communicates must be called by every rank, never inside a rank branch.
 Without an initialised process group they act on this process alone (world size 1), so single-process
@@ -71,6 +71,21 @@ def agree(ok: bool, *, group=None) -> bool:
     """True only when ``ok`` holds on every rank. Collective: call it on every rank before the collective
     that a local failure would otherwise leave the other ranks waiting in."""
     return all_reduce_floats([1.0 if ok else 0.0], "min", group=group)[0] == 1.0
+
+
+class PeerError(RuntimeError):
+    """Another rank failed; this rank stops too instead of waiting in the next collective."""
+
+
+def raise_if_any(error: BaseException | None, *, what: str, group=None) -> None:
+    """Collective: when any rank has an ``error``, every rank raises (its own error, or a
+    :class:`PeerError` naming the failing rank), so a failure on one rank never leaves the others
+    waiting in a collective. Call it on every rank after the fallible local work."""
+    failing = int(all_reduce_floats([rank_world()[0] if error is not None else -1], "max", group=group)[0])
+    if error is not None:
+        raise error
+    if failing >= 0:
+        raise PeerError(f"rank {failing} failed while {what} (its log shows the error); this rank stops too")
 
 
 def barrier(group=None) -> None:

@@ -128,6 +128,12 @@ class TrainConfig:
     """Checkpoint every this many steps (0 = only at the end)."""
     keep_last: int = 3
     """Complete checkpoints kept; older ones are deleted after a newer one is complete."""
+    preempt_signals: list[str] = field(default_factory=lambda: ["SIGTERM", "SIGUSR1"])
+    """Signals that make every rank finish the current step, save a checkpoint and exit 0 (SLURM: #SBATCH
+    --signal=USR1@300); resume with --resume auto."""
+    max_nonfinite_steps: int = 3
+    """Non-finite steps (NaN/inf loss or gradient norm, on any rank) are skipped; after this many in a row the
+    run stops with an error naming the last good checkpoint."""
     model: ModelConfig = field(default_factory=ModelConfig)
     sparsity: SparsityConfig = field(default_factory=SparsityConfig)
     distill: DistillConfig = field(default_factory=DistillConfig)
@@ -182,6 +188,10 @@ class TrainConfig:
         need(self.save_every >= 0 and self.keep_last >= 1, "save_every/keep_last",
              "save_every >= 0 (0 = only at the end), keep_last >= 1")
         need(self.log_every > 0, "log_every", "must be > 0")
+        need(self.max_nonfinite_steps >= 1, "max_nonfinite_steps", "must be >= 1")
+        from ast_ds.guards import signal_numbers
+
+        signal_numbers(self.preempt_signals)  # raises naming the field
         return self
 
     def grad_accum(self, world_size: int) -> int:

@@ -80,7 +80,8 @@ class MetricsLogger:
             ax.legend(fontsize=7)
         axes[-1, 0].set_xlabel("step")
         fig.tight_layout()
-        fig.savefig(path, dpi=100)
+        with atomic_path(path) as tmp:
+            fig.savefig(tmp, dpi=100, format="png")
         plt.close(fig)
 
     def close(self) -> None:

@@ -20,11 +20,12 @@ import os
 import subprocess
 import sys
 
-from ast_ds.atomic import write_text_atomic
+from ast_ds.atomic import atomic_path, write_text_atomic
+from ast_ds.recipes import ABLATIONS
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
-# name -> (kind, training flags); kind: dense | oneshot:<method> | train
+# name -> (kind, training flags); kind: dense | oneshot:<method> | train (ablation names: recipes.ABLATIONS)
 ROWS = {
     "dense": ("dense", []),
     "magnitude": ("oneshot:magnitude", []),
@@ -39,6 +40,7 @@ ROWS = {
     "naive training": ("train", ["--ablation", "naive"]),
     "SparseGPT init mask": ("train", ["--ablation", "oneshot_init"]),
 }
+assert all(f[1] in ABLATIONS for _, f in ROWS.values() if f[:1] == ["--ablation"]), "ROWS name an unknown ablation"
 
 # (better, worse, claim): the paper's findings (Tables 1, 4 and 12)
 ORDERINGS = [
@@ -141,7 +143,8 @@ def plot(rows: list[dict], path: str) -> None:
     ax.set_title("dense (gray), one-shot (orange), trained 2:4 (blue)")
     plt.setp(ax.get_xticklabels(), rotation=35, ha="right")
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=100, format="png")
     plt.close(fig)
 
 

@@ -11,13 +11,14 @@ training loop never asks which one it has. The trainer calls, in this order:
     engine = deepspeed.initialize(..., optimizer=optimizer)
     st.bind(engine)                         # initial masks; the forward now sees W ⊙ m
     ... every step: st.step_metrics(step), and when logging st.log_metrics(step)    (collectives)
-    st.state_dict() / st.load_state_dict()  # per rank, through the checkpoint manager
+    st.state_dict() / st.load_state_dict() / st.after_restore()   # per rank, through the checkpoint manager
 """
 
 from __future__ import annotations
 
 import torch
 
+from ast_ds.checkpoint.layout import META_METHOD, META_MODE, META_PATTERN, META_SCALING_GROUPS, META_SLORB_K
 from ast_ds.config import SparsityConfig, TrainConfig
 from ast_ds.sparsity import DecaySchedule, parse_nm
 
@@ -25,7 +26,7 @@ from ast_ds.sparsity import DecaySchedule, parse_nm
 class DenseTraining:
     """``mode=dense``: no sparsity. Every hook is a no-op; the optimizer is torch's AdamW."""
 
-    meta = {"mode": "dense", "pattern": None, "method": None, "slorb_k": 0, "scaling_groups": 0}
+    meta = {META_MODE: "dense", META_PATTERN: None, META_METHOD: None, META_SLORB_K: 0, META_SCALING_GROUPS: 0}
 
     def check_ds_config(self, ds_cfg: dict, source: str) -> None:
         pass
@@ -51,6 +52,9 @@ class DenseTraining:
     def load_state_dict(self, state) -> None:
         pass
 
+    def after_restore(self) -> None:
+        pass
+
 
 class SparseTraining:
     """``mode=ast``: AST (masked forward, annealed SR-STE in AdamW) or CAST (dense forward, AdamS, hard
@@ -63,8 +67,8 @@ class SparseTraining:
         t0 = 0 if sp.method == "cast" else round(sp.ramp_fraction * total_steps)  # CAST: constant λ (AdamS)
         self.decay = DecaySchedule(sp.lam_max, total_steps, t0=t0)
         self.masks = None
-        self.meta = {"mode": "ast", "pattern": sp.pattern, "method": sp.method, "slorb_k": sp.slorb_k,
-                     "scaling_groups": sp.scaling_groups}
+        self.meta = {META_MODE: "ast", META_PATTERN: sp.pattern, META_METHOD: sp.method, META_SLORB_K: sp.slorb_k,
+                     META_SCALING_GROUPS: sp.scaling_groups}
 
     def check_ds_config(self, ds_cfg: dict, source: str) -> None:
         if ds_cfg["zero_optimization"].get("stage") != 3:
@@ -115,9 +119,11 @@ class SparseTraining:
         return self.masks.state_dict()
 
     def load_state_dict(self, state: dict) -> None:
-        """Collective: restores the masks, then rewrites W ⊙ m into the working weights (the engine's
-        checkpoint load refreshed them densely)."""
         self.masks.load_state_dict(state)
+
+    def after_restore(self) -> None:
+        """Collective, once every rank restored its state: rewrite W ⊙ m into the working weights (the
+        engine's checkpoint load refreshed them densely)."""
         self.masks.write_working_weights()
 
 

@@ -29,6 +29,8 @@ from ast_ds.checkpoint.layout import DOMAIN_WEIGHTS, LOADER, RNG, SPARSITY, TRAI
 from ast_ds.config import TrainConfig, save_resolved
 from ast_ds.data.corpus import Corpus
 from ast_ds.distill import distill_loss, shift_labels
+from ast_ds.faults import Faults
+from ast_ds.guards import NonFiniteError, NonFiniteGuard, PreemptionGuard, agree_step, weights_finite
 from ast_ds.metrics import MetricsLogger, log, setup_logging
 
 
@@ -83,9 +85,12 @@ def domain_eval_losses(engine, corpus: Corpus, *, domains: list[str], micro_batc
 
 
 # ---------------------------------------------------------------------------------------------------- phases
-def _setup(cfg: TrainConfig, ds_config_path: str) -> dict:
-    """Process group, logging, validated config, the resolved DeepSpeed config (saved with ours)."""
+def _setup(cfg: TrainConfig, ds_config_path: str):
+    """Process group, logging, validated config, the sparse-training component, and the resolved
+    DeepSpeed config (checked by that component, then saved with ours)."""
     import deepspeed
+
+    from ast_ds.sparse_training import build_sparse_training
 
     from ast_ds.ds_config import load_ds_config, resolve_ds_config
     from ast_ds.model import hidden_size
@@ -99,14 +104,16 @@ def _setup(cfg: TrainConfig, ds_config_path: str) -> dict:
     rank, world = collectives.rank_world()
     setup_logging(rank)
     cfg.validate(world)
+    sparse = build_sparse_training(cfg)
     os.makedirs(cfg.out_dir, exist_ok=True)
     ds_cfg = resolve_ds_config(load_ds_config(ds_config_path), micro_batch=cfg.micro_batch,
                                grad_accum=cfg.grad_accum(world), world_size=world, grad_clip=cfg.optim.grad_clip,
                                precision=cfg.precision, hidden_size=hidden_size(cfg.model.path), source=ds_config_path)
+    sparse.check_ds_config(ds_cfg, ds_config_path)
     if rank == 0:
         save_resolved(cfg, ds_cfg, os.path.join(cfg.out_dir, "config.json"))
     torch.manual_seed(cfg.seed)
-    return ds_cfg
+    return ds_cfg, sparse
 
 
 def _build_data(cfg: TrainConfig, corpus: Corpus):
@@ -169,15 +176,12 @@ def train(cfg: TrainConfig, *, ds_config_path: str, resume: str | None = None, s
     """Train per ``cfg``; ``stop_at`` ends the run early after a checkpoint at that step (the schedule
     stays that of ``cfg.total_steps``), as a preempted or time-limited job would."""
     from ast_ds.checkpoint.manager import CheckpointManager, RNGState
-    from ast_ds.sparse_training import build_sparse_training
     from ast_ds.teacher import build_teacher
 
-    ds_cfg = _setup(cfg, ds_config_path)
+    ds_cfg, sparse = _setup(cfg, ds_config_path)
     dtype = torch.bfloat16 if cfg.precision == "bf16" else torch.float32
     corpus = Corpus(cfg.data.data_dir, remote=cfg.data.remote or None)
     updater, loader = _build_data(cfg, corpus)
-    sparse = build_sparse_training(cfg)
-    sparse.check_ds_config(ds_cfg, ds_config_path)
     engine, schedule, vocab = _build_student(cfg, ds_cfg, sparse, corpus, dtype)
     teacher = build_teacher(cfg, ds_cfg, dtype=dtype, vocab=vocab)
 
@@ -189,15 +193,27 @@ def train(cfg: TrainConfig, *, ds_config_path: str, resume: str | None = None, s
     counters = TrainCounters()
     checkpoints = CheckpointManager(cfg.out_dir, engine=engine, meta=sparse.meta, keep_last=cfg.keep_last,
                                     shared={TRAINER: counters, DOMAIN_WEIGHTS: updater},
-                                    per_rank={LOADER: loader, RNG: RNGState(), SPARSITY: sparse})
-    if checkpoints.resume(resume):
-        log.info("resumed at step %d", counters.step)
+                                    per_rank={SPARSITY: sparse, LOADER: loader, RNG: RNGState()})
+    restored = checkpoints.resume(resume)
+    if restored:
+        log.info("resumed from %s at step %d", restored, counters.step)
+
+    def save():  # never a checkpoint with a non-finite weight: the last good one stays the newest
+        if not collectives.agree(weights_finite(engine)):
+            raise NonFiniteError(f"step {counters.step}: a weight is not finite, so no checkpoint was written; the "
+                                 f"last good checkpoint is {checkpoints.last_good() or 'none'}")
+        checkpoints.save(counters.step)
+
     loop = _Loop(cfg, engine=engine, schedule=schedule, loader=loader, teacher=teacher, sparse=sparse,
                  updater=updater, counters=counters, evaluate=lambda: evaluate(engine), vocab=vocab)
-    loop.run(stop_at=stop_at, save=lambda: checkpoints.save(counters.step))
+    ended = loop.run(stop_at=stop_at, save=save, last_good=checkpoints.last_good)
     final = os.path.join(checkpoints_dir(cfg.out_dir), tag_name(counters.step))
-    log.info("done: %d steps, %d tokens; checkpoint %s", counters.step, counters.tokens, final)
-    return {"step": counters.step, "tokens": counters.tokens, "checkpoint": final}
+    if ended.startswith("preempted"):
+        log.info("%s at step %d: checkpoint %s is complete; resume with --resume auto (same command)", ended,
+                 counters.step, final)
+    else:
+        log.info("done: %d steps, %d tokens; checkpoint %s", counters.step, counters.tokens, final)
+    return {"step": counters.step, "tokens": counters.tokens, "checkpoint": final, "ended": ended}
 
 
 class _Loop:
@@ -208,52 +224,90 @@ class _Loop:
         self.cfg, self.engine, self.schedule, self.loader = cfg, engine, schedule, loader
         self.teacher, self.sparse, self.updater, self.counters = teacher, sparse, updater, counters
         self.evaluate, self.vocab = evaluate, vocab
-        self.grad_accum = cfg.grad_accum(collectives.rank_world()[1])
-        self.metrics = MetricsLogger(cfg.out_dir, enabled=collectives.is_rank_zero(), resume_step=counters.step)
+        self.rank, self.world = collectives.rank_world()
+        self.grad_accum = cfg.grad_accum(self.world)
+        self.metrics = MetricsLogger(cfg.out_dir, enabled=self.rank == 0, resume_step=counters.step)
+        self.nonfinite, self.faults = NonFiniteGuard(cfg.max_nonfinite_steps), Faults()
 
-    def run(self, *, stop_at: int | None, save) -> None:
+    def run(self, *, stop_at: int | None, save, last_good) -> str:
+        """Train to the end, to ``stop_at``, or to an agreed preemption; save; return how it ended."""
         cfg, c = self.cfg, self.counters
-        world = collectives.rank_world()[1]
         log.info("training %s: %d steps, %d ranks x micro batch %d x %d accumulation, seq %d, %s", cfg.mode,
-                 cfg.total_steps, world, cfg.micro_batch, self.grad_accum, self.loader.seq_len, cfg.precision)
+                 cfg.total_steps, self.world, cfg.micro_batch, self.grad_accum, self.loader.seq_len, cfg.precision)
         self.engine.train()
         self.window_start, self.window_tokens = time.perf_counter(), 0
-        while c.step < cfg.total_steps:
-            sums = self.train_step()
-            c.step += 1
-            c.tokens += cfg.global_batch * self.loader.seq_len
-            self.after_step(sums)
-            if stop_at is not None and c.step >= stop_at:
-                break
-            if cfg.save_every and c.step % cfg.save_every == 0 and c.step < cfg.total_steps:
-                save()
-        save()
-        if collectives.is_rank_zero():
+        ended = "done"
+        with PreemptionGuard(cfg.preempt_signals) as preemption:
+            while c.step < cfg.total_steps:
+                skipped_before = self.engine.skipped_steps
+                sums, losses, domains = self.train_step()
+                self.faults.after_step(c.step + 1, self.rank)
+                c.step += 1
+                c.tokens += cfg.global_batch * self.loader.seq_len
+                norm = self.engine.get_global_grad_norm()
+                bad, preempted = agree_step(bad=NonFiniteGuard.local_bad(
+                    losses, grad_norm=norm, engine_skipped=self.engine.skipped_steps > skipped_before),
+                    preempted=preemption.received is not None)
+                self.nonfinite.record(c.step, bad, last_good=last_good(),
+                                      detail=f"loss {losses} and grad norm {norm} on rank {self.rank}, domains {domains}")
+                self.after_step(sums, skipped=bad)
+                if preempted:
+                    ended = f"preempted ({preemption.received or 'signal on another rank'})"
+                    break
+                if stop_at is not None and c.step >= stop_at:
+                    ended = "stopped (--stop_at)"
+                    break
+                if cfg.save_every and c.step % cfg.save_every == 0 and c.step < cfg.total_steps:
+                    save()
+            save()
+        if self.rank == 0:
             self.metrics.plot(os.path.join(cfg.out_dir, "curves.png"))
             self.updater.plot(os.path.join(cfg.out_dir, "domain_weights.png"))
         self.metrics.close()
+        return ended
 
-    def train_step(self) -> torch.Tensor:
-        """One optimizer step over ``grad_accum`` micro-batches; the summed (loss, KL, CE) of this rank."""
-        cfg = self.cfg
-        sums = torch.zeros(3, dtype=torch.float64)
-        for _ in range(self.grad_accum):
-            ids = self.loader.next_batch()["input_ids"].to(self.engine.device)
+    def next_ids(self, step: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """The next micro-batch's token ids (checked against the vocabulary) and domains. A failure on one
+        rank (an unreadable shard, a bad token id) stops every rank before the forward's collectives."""
+        error, ids, domains = None, None, None
+        try:
+            self.faults.data_error(step, self.rank)
+            batch = self.loader.next_batch()
+            ids, domains = batch["input_ids"].to(self.engine.device), batch["domain"]
             if int(ids.max()) >= self.vocab:
-                raise ValueError(f"token id {int(ids.max())} >= model vocabulary {self.vocab} in {cfg.data.data_dir}")
+                raise ValueError(f"token id {int(ids.max())} >= model vocabulary {self.vocab} in "
+                                 f"{self.cfg.data.data_dir}")
+        except Exception as e:  # noqa: BLE001 - agreed below, then raised on every rank
+            error = e
+        collectives.raise_if_any(error, what=f"reading the batch of step {step}")
+        return ids, domains
+
+    def train_step(self) -> tuple[torch.Tensor, list[float], list[str]]:
+        """One optimizer step over ``grad_accum`` micro-batches: the summed (loss, KL, CE) of this rank,
+        each micro-batch's loss, and the domains read."""
+        cfg, step = self.cfg, self.counters.step + 1
+        sums, losses, domains = torch.zeros(3, dtype=torch.float64), [], []
+        for _ in range(self.grad_accum):
+            ids, batch_domains = self.next_ids(step)
             logits = self.engine(input_ids=ids, use_cache=False).logits
             loss, kl, ce = distill_loss(logits, self.teacher.logits(ids), shift_labels(ids), alpha=self.teacher.alpha,
                                         temperature=cfg.distill.temperature, chunk_tokens=cfg.distill.chunk_tokens)
+            if self.faults.nan_loss(step, self.rank):
+                loss = loss * float("nan")
             self.engine.backward(loss)
             self.engine.step()
             sums += torch.tensor([loss.item(), kl.item(), ce.item()], dtype=torch.float64)
-            self.window_tokens += ids.numel() * collectives.rank_world()[1]
-        return sums
+            losses.append(loss.item())
+            domains += sorted({self.loader.domains[d] for d in batch_domains.tolist()} - set(domains))
+            self.window_tokens += ids.numel() * self.world
+        return sums, losses, domains
 
-    def after_step(self, sums: torch.Tensor) -> None:
+    def after_step(self, sums: torch.Tensor, *, skipped: bool) -> None:
         """Flip rates, per-domain eval and domain-weight updates when due; the log line. Collective."""
         cfg, step = self.cfg, self.counters.step
         row = dict(self.sparse.step_metrics(step))
+        if skipped:
+            row["skipped_nonfinite"] = 1
         if cfg.data.weights_mode == "dynamic" and step % cfg.data.update_every == 0 or \
                 cfg.eval_every and step % cfg.eval_every == 0:
             losses = self.evaluate()
@@ -274,4 +328,4 @@ class _Loop:
             self.window_start, self.window_tokens = time.perf_counter(), 0
 
 
-__all__ = ["train", "domain_eval_losses", "TrainCounters", "CheckpointError"]
+__all__ = ["train", "domain_eval_losses", "TrainCounters", "CheckpointError", "NonFiniteError"]

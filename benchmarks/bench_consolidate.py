@@ -5,7 +5,7 @@ copy of the same checkpoint bytes, side by side in one run.
 
 First makes a real checkpoint: 2 ranks (torchrun) train an AST engine for one step and save it with
 the trainer's CheckpointManager. Then, in this process, times ``shutil.copytree`` of the tag folder and
-``ast_ds.consolidate.consolidate`` (fp32 stitching, mask stitching, masking, N:M check, safetensors
+``ast_ds.checkpoint.consolidate.consolidate`` (fp32 stitching, mask stitching, masking, N:M check, safetensors
 write), each reported in MB/s of checkpoint bytes read. Last line: one JSON object.
 """
 
@@ -26,7 +26,7 @@ from common import add_model_args, build_llama, zero3_config
 def make_checkpoint(args):
     import deepspeed
 
-    from ast_ds.checkpoint.layout import SPARSITY, hf_meta_dir
+    from ast_ds.checkpoint.layout import META_MODE, META_PATTERN, SPARSITY, hf_meta_dir
     from ast_ds.checkpoint.manager import CheckpointManager
     from ast_ds.model import sparse_target_names
     from ast_ds.optim.ast_adamw import ASTAdamW
@@ -46,7 +46,7 @@ def make_checkpoint(args):
     engine.backward(engine(input_ids=ids, labels=ids).loss)
     engine.step()
     CheckpointManager(args.make, engine=engine, shared={}, per_rank={SPARSITY: masks}, keep_last=1,
-                      meta={"mode": "ast", "pattern": "2:4"}).save(1)
+                      meta={META_MODE: "ast", META_PATTERN: "2:4"}).save(1)
 
 
 def main():

@@ -123,9 +123,10 @@ def run_prepare(inputs, *, model, out, seq_len, workers) -> tuple[int, float]:
 
 def _loader_rate(args) -> float:
     data_dir, rank, world, batches, micro_batch = args
+    from ast_ds.data.corpus import Corpus
     from ast_ds.data.loader import MultiDomainLoader
 
-    loader = MultiDomainLoader(data_dir=data_dir, micro_batch=micro_batch, seed=rank, rank=rank, world_size=world)
+    loader = MultiDomainLoader(Corpus(data_dir), micro_batch=micro_batch, seed=rank, rank=rank, world_size=world)
     for _ in range(3):
         loader.next_batch()
     start = time.perf_counter()

@@ -11,7 +11,7 @@ import json
 import os
 import sys
 
-import _ensure_installed  # noqa: E402,F401  (exits with the fix when ast_ds is not installed)
+import _ensure_installed  # noqa: F401  (exits with the fix when ast_ds is not installed)
 
 
 def main(argv=None):

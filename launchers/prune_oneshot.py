@@ -13,10 +13,9 @@ every target linear checked N:M.
 
 import argparse
 import json
-import os
 import sys
 
-import _ensure_installed  # noqa: E402,F401  (exits with the fix when ast_ds is not installed)
+import _ensure_installed  # noqa: F401  (exits with the fix when ast_ds is not installed)
 
 
 def main(argv=None):

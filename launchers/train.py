@@ -8,6 +8,7 @@ Settings come from --recipe, then --config FILE (YAML/JSON, nested like the reci
 """
 
 import argparse
+import sys
 import warnings
 
 import _ensure_installed  # noqa: F401  (exits with the fix when ast_ds is not installed)
@@ -39,9 +40,12 @@ def main(argv=None):
 
     # torch 2.14 deprecates the c10d names DeepSpeed calls every step; keep the log readable
     warnings.filterwarnings("ignore", category=FutureWarning, module="torch.distributed")
-    from ast_ds.trainer import train
+    from ast_ds.trainer import NonFiniteError, train
 
-    train(cfg, ds_config_path=args.ds_config, resume=args.resume, stop_at=args.stop_at)
+    try:
+        train(cfg, ds_config_path=args.ds_config, resume=args.resume, stop_at=args.stop_at)
+    except NonFiniteError as e:  # every rank raises it together; the last good checkpoint is intact
+        sys.exit(f"error: non-finite training: {e}")
 
 
 if __name__ == "__main__":

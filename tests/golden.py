@@ -132,12 +132,10 @@ def main(argv=None) -> int:
         got = run_all(work)
     if args.regenerate:
         os.makedirs(os.path.dirname(GOLDEN), exist_ok=True)
-        tmp = GOLDEN + ".tmp"
-        with open(tmp, "w") as f:
-            json.dump({"about": "tests/golden.py; regenerate on purpose with: python tests/golden.py --regenerate",
-                       "runs": {n: RUNS[n] for n in got}, "losses": got}, f, indent=1)
-            f.write("\n")
-        os.replace(tmp, GOLDEN)
+        from ast_ds.atomic import write_json_atomic
+
+        write_json_atomic(GOLDEN, {"about": "tests/golden.py; regenerate on purpose with: python tests/golden.py "
+                                            "--regenerate", "runs": {n: RUNS[n] for n in got}, "losses": got}, indent=1)
         print(f"wrote {GOLDEN}")
         return 0
     with open(GOLDEN) as f:

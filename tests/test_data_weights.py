@@ -52,7 +52,7 @@ def test_smoothing():
 
 
 def test_sheared_llama_redpajama_example():
-    # reference/sheared_llama_data.md §3: RedPajama initial weights, Δ = [.3, −.05, .2, .1, .2, .1, .4],
+    # Sheared-LLaMA's RedPajama example (arXiv 2310.06694): initial initial weights, Δ = [.3, −.05, .2, .1, .2, .1, .4],
     # c = 1e-4, clamped as in the paper → [.6785, .0338, .0412, .0166, .0412, .0207, .1679]
     w = [0.67, 0.045, 0.045, 0.02, 0.045, 0.025, 0.15]
     delta = [0.3, -0.05, 0.2, 0.1, 0.2, 0.1, 0.4]

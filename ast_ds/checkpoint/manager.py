@@ -26,14 +26,19 @@ import torch
 
 from ast_ds import collectives
 from ast_ds.atomic import atomic_path, write_json_atomic, write_text_atomic
-from ast_ds.checkpoint.layout import (LATEST, META_STEP, META_WORLD_SIZE, CheckpointError, checkpoints_dir,
-                                      complete_tags, find_checkpoint, is_complete, rank_file, read_meta, tag_name)
+from ast_ds.checkpoint.layout import (LATEST, META_STEP, META_WORLD_SIZE, RANK_FORMAT, RANK_FORMAT_KEY, CheckpointError,
+                                      checkpoints_dir, complete_tags, find_checkpoint, is_complete, rank_file, read_meta,
+                                      tag_name)
 from ast_ds.checkpoint.layout import COMPLETE as _COMPLETE
 
 log = logging.getLogger("ast_ds")
 
 
 class Stateful(Protocol):
+    """``state_dict``/``load_state_dict``; ``load_state_dict`` must be local (no collective). A component
+    that needs a collective after every rank restored (the masks rewrite the working weights) defines
+    ``after_restore()``, which the manager calls on every rank once all loads succeeded everywhere."""
+
     def state_dict(self) -> dict | None: ...
 
     def load_state_dict(self, state: dict | None) -> None: ...
@@ -78,10 +83,16 @@ class CheckpointManager:
             shutil.rmtree(path)
         collectives.barrier()
         client_state = {key: c.state_dict() for key, c in self.shared.items()}
+        # the per-rank states are taken after DeepSpeed's save; nothing in it changes them
         self.engine.save_checkpoint(self.root, tag=tag_name(step), client_state=client_state, save_latest=False)
-        with atomic_path(rank_file(path, rank)) as tmp:
-            torch.save({key: c.state_dict() for key, c in self.per_rank.items()}, tmp)
-        collectives.barrier()
+        error = None
+        try:
+            with atomic_path(rank_file(path, rank)) as tmp:
+                torch.save({RANK_FORMAT_KEY: RANK_FORMAT, **{key: c.state_dict() for key, c in self.per_rank.items()}},
+                           tmp)
+        except OSError as e:  # a full disk on one node: every rank stops, the tag stays partial (no COMPLETE)
+            error = e
+        collectives.raise_if_any(error, what=f"writing its trainer state into {path}")
         if rank == 0:
             write_json_atomic(os.path.join(path, _COMPLETE), dict(self.meta, **{META_STEP: step,
                                                                                 META_WORLD_SIZE: world}),
@@ -91,6 +102,10 @@ class CheckpointManager:
                 shutil.rmtree(os.path.join(self.root, old), ignore_errors=True)
         collectives.barrier()
         return path
+
+    def last_good(self) -> str | None:
+        """The newest complete checkpoint (what ``--resume auto`` would load), or None."""
+        return find_checkpoint(self.root, "auto")
 
     # ---------------------------------------------------------------------------------------- load
     def resume(self, resume: str | None) -> str | None:
@@ -121,10 +136,19 @@ class CheckpointManager:
                                   f"corrupted or from another configuration") from None
         if load_path is None:
             raise CheckpointError(f"DeepSpeed found no checkpoint files in {tag_dir}")
-        for key, component in self.shared.items():
-            component.load_state_dict(client_state[key])
-        for key, component in self.per_rank.items():
-            component.load_state_dict(rank_state[key])
+        error = None
+        try:  # local loads only; a state that does not fit this run fails on every rank together
+            for key, component in self.shared.items():
+                component.load_state_dict(client_state[key])
+            for key, component in self.per_rank.items():
+                component.load_state_dict(rank_state[key])
+        except (KeyError, ValueError, TypeError, IndexError) as e:
+            error = CheckpointError(f"{tag_dir}: the saved state does not fit this run ({type(e).__name__}: {e}); "
+                                    f"resume with the settings it was saved with")
+        collectives.raise_if_any(error, what=f"restoring {tag_dir}")
+        for component in (*self.shared.values(), *self.per_rank.values()):
+            if hasattr(component, "after_restore"):
+                component.after_restore()
 
     def _check_meta(self, tag_dir: str) -> None:
         meta = read_meta(tag_dir)
@@ -143,6 +167,10 @@ class CheckpointManager:
             state = torch.load(path, map_location="cpu", weights_only=False)
         except Exception as e:  # noqa: BLE001 - any unpickling failure means a corrupted file
             return None, f"cannot read {path} ({type(e).__name__}: {e})"
+        if not isinstance(state, dict) or state.get(RANK_FORMAT_KEY) != RANK_FORMAT:
+            found = state.get(RANK_FORMAT_KEY, 1) if isinstance(state, dict) else "?"
+            return None, (f"{path} has rank-state format {found}, this version reads {RANK_FORMAT} (saved by an older "
+                          f"ast_ds; consolidate it with that version, or restart the run)")
         missing = [key for key in self.per_rank if key not in state]
         if missing:
             return None, f"{path} lacks the state of {missing} (saved by another version of the trainer)"

@@ -5,8 +5,9 @@ a local folder, or a remote URL with a local cache (``ast_ds.data.corpus``); sha
 row in them is first read. Rows are read by index; the order is ours:
 
 - **Which domain each row comes from**: for every micro-batch, ``micro_batch`` draws from the current
-  weights (read from their owner, the ``DomainWeightUpdater``) with one PCG64 generator seeded by ``seed``. Every rank draws the same sequence, so every
-  rank's micro-batch has the same domain composition and the per-domain positions stay in step.
+  weights (read from their owner, the ``DomainWeightUpdater``) with one PCG64 generator seeded by
+  ``seed``. Every rank draws the same sequence, so every rank's micro-batch has the same domain
+  composition and the per-domain positions stay in step.
 - **Which row of a domain**: per domain and epoch, a permutation of its rows seeded by (seed, domain
   name, epoch). A global cursor walks it; rank r of W takes ``perm[cursor + r]`` and the cursor moves
   by W. Ranks (on every node: the rank is global) therefore read disjoint rows. When fewer than W rows
