@@ -152,6 +152,7 @@ class TrainConfig:
         need(self.precision in ("bf16", "fp32"), "precision", f"{self.precision!r} is not one of bf16, fp32")
         need(self.total_steps > 0, "total_steps", "must be > 0")
         need(self.micro_batch > 0, "micro_batch", "must be > 0")
+        need(self.global_batch > 0, "global_batch", "must be > 0")
         need(self.global_batch % (self.micro_batch * world_size) == 0, "global_batch",
              f"{self.global_batch} is not a multiple of micro_batch ({self.micro_batch}) x world size ({world_size}); "
              f"set --global_batch to e.g. {self.micro_batch * world_size * max(1, self.global_batch // (self.micro_batch * world_size))}")

@@ -135,6 +135,22 @@ def init_model(out: str, *, tokenizer_model: str, vocab_size: int, seed: int = 0
     return out
 
 
+def tiny_workspace(root: str) -> dict[str, str]:
+    """The test-scale set-up (golden losses, resilience tests, the kill harness): a generated corpus
+    (fixed seed), its tokenizer, the prepared MDS folder (seq 32) and a random-init 2-layer LLaMA."""
+    from ast_ds.data.prepare import prepare
+
+    raw = os.path.join(root, "raw")
+    make_corpus(raw, docs_per_domain=150, seed=0)
+    tok = train_tokenizer(raw, os.path.join(root, "tok"), vocab_size=256)
+    data = os.path.join(root, "data")
+    prepare({d: os.path.join(raw, d) for d in DOMAINS}, tokenizer=tok, out=data, seq_len=32, eval_fraction=0.05,
+            progress=False)
+    model = os.path.join(root, "init")
+    init_model(model, tokenizer_model=tok, vocab_size=256, hidden=64, intermediate=128, layers=2, heads=2, seed=0)
+    return {"data": data, "model": model}
+
+
 def report(root: str, *, seq_len: int) -> dict:
     """Perplexity on the held-out eval split of every domain (documents never trained on, in the
     training format), token-weighted over domains."""

@@ -30,6 +30,30 @@ def check_model_dir(path: str, *, what: str = "model.path") -> None:
         missing = [s for s in sorted(shards) if not os.path.isfile(os.path.join(path, s))]
         if missing:
             raise ValueError(f"{what}: {path}/{index} lists shards that are missing: {', '.join(missing[:5])}")
+    for f in sorted(os.listdir(path)):
+        if f.endswith(".safetensors"):
+            check_safetensors(os.path.join(path, f), what=what)
+
+
+def check_safetensors(path: str, *, what: str = "model.path") -> None:
+    """A truncated or corrupted ``.safetensors`` file gets an error naming it (the header is parsed and
+    every tensor's byte range checked against the file size; no tensor data is read)."""
+    import json
+    import struct
+
+    size = os.path.getsize(path)
+    try:
+        with open(path, "rb") as f:
+            (n,) = struct.unpack("<Q", f.read(8))
+            if n > size - 8:
+                raise ValueError(f"header of {n} bytes in a {size}-byte file")
+            header = json.loads(f.read(n))
+        end = max((int(t["data_offsets"][1]) for k, t in header.items() if k != "__metadata__"), default=0)
+    except (struct.error, ValueError, KeyError, TypeError, IndexError) as e:
+        raise ValueError(f"{what}: {path} is not a readable safetensors file ({e}); it is corrupted, copy it "
+                         f"again") from None
+    if 8 + n + end > size:
+        raise ValueError(f"{what}: {path} is truncated ({size} bytes, its header needs {8 + n + end}); copy it again")
 
 
 def load_causal_lm(path: str, *, ds_config: dict | None, dtype: torch.dtype, what: str = "model.path"):

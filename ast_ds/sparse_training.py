@@ -83,6 +83,13 @@ class SparseTraining:
         from ast_ds.zero import ShardedMasks
 
         targets = sparse_target_names(model, self.sp.targets)
+        modules = dict(model.named_modules())
+        for name in targets:
+            cols = modules[name.rsplit(".", 1)[0]].in_features
+            if cols % self.m:
+                raise ValueError(f"sparsity.pattern {self.sp.pattern}: M={self.m} does not divide the input dimension "
+                                 f"{cols} of {name}; choose an M that divides it or leave that linear out of "
+                                 f"sparsity.targets")
         if self.sp.slorb_k:
             add_slorb(model, targets, k=self.sp.slorb_k, n=self.n, m=self.m)
         if self.sp.scaling_groups:

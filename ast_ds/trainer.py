@@ -24,7 +24,7 @@ from dataclasses import dataclass
 import torch
 
 from ast_ds import collectives
-from ast_ds.checkpoint.layout import DOMAIN_WEIGHTS, LOADER, RNG, SPARSITY, TRAINER, CheckpointError, \
+from ast_ds.checkpoint.layout import DOMAIN_WEIGHTS, LOADER, META_MODEL, RNG, SPARSITY, TRAINER, CheckpointError, \
     checkpoints_dir, tag_name
 from ast_ds.config import TrainConfig, save_resolved
 from ast_ds.data.corpus import Corpus
@@ -32,6 +32,7 @@ from ast_ds.distill import distill_loss, shift_labels
 from ast_ds.faults import Faults
 from ast_ds.guards import NonFiniteError, NonFiniteGuard, PreemptionGuard, agree_step, weights_finite
 from ast_ds.metrics import MetricsLogger, log, setup_logging
+from ast_ds.preflight import model_fingerprint, preflight
 
 
 @dataclass
@@ -181,6 +182,7 @@ def train(cfg: TrainConfig, *, ds_config_path: str, resume: str | None = None, s
     ds_cfg, sparse = _setup(cfg, ds_config_path)
     dtype = torch.bfloat16 if cfg.precision == "bf16" else torch.float32
     corpus = Corpus(cfg.data.data_dir, remote=cfg.data.remote or None)
+    preflight(cfg, corpus)  # every rank checks the inputs; the ranks agree before the first collective
     updater, loader = _build_data(cfg, corpus)
     engine, schedule, vocab = _build_student(cfg, ds_cfg, sparse, corpus, dtype)
     teacher = build_teacher(cfg, ds_cfg, dtype=dtype, vocab=vocab)
@@ -191,7 +193,8 @@ def train(cfg: TrainConfig, *, ds_config_path: str, resume: str | None = None, s
 
     _attach_ref_losses(cfg, updater, None if teacher.engine is None else lambda: evaluate(teacher.engine))
     counters = TrainCounters()
-    checkpoints = CheckpointManager(cfg.out_dir, engine=engine, meta=sparse.meta, keep_last=cfg.keep_last,
+    meta = dict(sparse.meta, **{META_MODEL: model_fingerprint(cfg.model.path)})
+    checkpoints = CheckpointManager(cfg.out_dir, engine=engine, meta=meta, keep_last=cfg.keep_last,
                                     shared={TRAINER: counters, DOMAIN_WEIGHTS: updater},
                                     per_rank={SPARSITY: sparse, LOADER: loader, RNG: RNGState()})
     restored = checkpoints.resume(resume)

@@ -46,6 +46,8 @@ def main(argv=None):
         train(cfg, ds_config_path=args.ds_config, resume=args.resume, stop_at=args.stop_at)
     except NonFiniteError as e:  # every rank raises it together; the last good checkpoint is intact
         sys.exit(f"error: non-finite training: {e}")
+    except (ValueError, OSError) as e:  # bad input (CheckpointError is a ValueError): the message says the fix
+        sys.exit(f"error: {e}")
 
 
 if __name__ == "__main__":

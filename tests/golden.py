@@ -49,18 +49,9 @@ RUNS = {
 
 def build_workspace(root: str) -> dict[str, str]:
     """The generated corpus (fixed seed), its tokenizer, the prepared MDS folder and the initial model."""
-    from ast_ds.data.prepare import prepare
-    from ast_ds.demo import init_model, make_corpus, train_tokenizer
+    from ast_ds.demo import tiny_workspace
 
-    raw = os.path.join(root, "raw")
-    make_corpus(raw, docs_per_domain=150, seed=0)
-    tok = train_tokenizer(raw, os.path.join(root, "tok"), vocab_size=256)
-    data = os.path.join(root, "data")
-    prepare({d: os.path.join(raw, d) for d in ("stories", "facts", "arith", "code")}, tokenizer=tok, out=data,
-            seq_len=32, eval_fraction=0.05, progress=False)
-    model = os.path.join(root, "init")
-    init_model(model, tokenizer_model=tok, vocab_size=256, hidden=64, intermediate=128, layers=2, heads=2, seed=0)
-    return {"data": data, "model": model}
+    return tiny_workspace(root)
 
 
 def run_env() -> dict[str, str]:

@@ -177,3 +177,17 @@ def test_unknown_preempt_signal_is_refused():
     assert signal_numbers(["SIGTERM", "USR1"]) == [15, 10]
     with pytest.raises(ValueError, match="preempt_signals"):
         signal_numbers(["SIGNOPE"])
+
+
+@pytest.mark.multiprocess
+def test_kill_9_at_random_moments_then_resume_gives_the_same_weights(tmp_path):
+    """Two points of benchmarks/kill_harness.py (the recorded run has 20, docs/benchmarks.md)."""
+    import json
+    import subprocess
+    import sys
+
+    proc = subprocess.run([sys.executable, os.path.join(ROOT, "benchmarks", "kill_harness.py"), "--trials", "2",
+                           "--steps", "5", "--seed", "1", "--work", str(tmp_path)], capture_output=True, text=True,
+                          timeout=1200)
+    summary = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert proc.returncode == 0 and summary["all_equal"] and summary["trials"] == 2, proc.stderr[-3000:]

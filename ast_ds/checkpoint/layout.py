@@ -36,8 +36,8 @@ TRAINER, DOMAIN_WEIGHTS = "trainer", "domain_weights"  # shared
 LOADER, RNG, SPARSITY = "loader", "rng", "sparsity"  # per rank
 # keys of the COMPLETE meta: written by the manager itself, and the run settings a resume must share
 META_STEP, META_WORLD_SIZE = "step", "world_size"
-META_MODE, META_PATTERN, META_METHOD, META_SLORB_K, META_SCALING_GROUPS = (
-    "mode", "pattern", "method", "slorb_k", "scaling_groups")
+META_MODE, META_PATTERN, META_METHOD, META_SLORB_K, META_SCALING_GROUPS, META_MODEL = (
+    "mode", "pattern", "method", "slorb_k", "scaling_groups", "model")
 # the version of a rank file's layout; 2: components' states by key (ast_ds >= the checkpoint package)
 RANK_FORMAT_KEY, RANK_FORMAT = "format", 2
 

@@ -25,7 +25,7 @@ from typing import Protocol
 import torch
 
 from ast_ds import collectives
-from ast_ds.atomic import atomic_path, write_json_atomic, write_text_atomic
+from ast_ds.atomic import atomic_path, fsync_file, fsync_tree, write_json_atomic, write_text_atomic
 from ast_ds.checkpoint.layout import (LATEST, META_STEP, META_WORLD_SIZE, RANK_FORMAT, RANK_FORMAT_KEY, CheckpointError,
                                       checkpoints_dir, complete_tags, find_checkpoint, is_complete, rank_file, read_meta,
                                       tag_name)
@@ -93,12 +93,17 @@ class CheckpointManager:
         except OSError as e:  # a full disk on one node: every rank stops, the tag stays partial (no COMPLETE)
             error = e
         collectives.raise_if_any(error, what=f"writing its trainer state into {path}")
+        fsync_tree(path, rank=rank, world_size=world)  # DeepSpeed's files and ours reach the disk before COMPLETE
+        collectives.barrier()
         if rank == 0:
             write_json_atomic(os.path.join(path, _COMPLETE), dict(self.meta, **{META_STEP: step,
                                                                                 META_WORLD_SIZE: world}),
                               indent=None)
+            fsync_file(path)
             write_text_atomic(os.path.join(self.root, LATEST), tag_name(step))
             for old in complete_tags(self.root)[:-self.keep_last]:
+                # unmark first: a deletion cut short leaves a partial tag, never a "complete" one with holes
+                os.remove(os.path.join(self.root, old, _COMPLETE))
                 shutil.rmtree(os.path.join(self.root, old), ignore_errors=True)
         collectives.barrier()
         return path

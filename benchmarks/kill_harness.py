@@ -1,0 +1,143 @@
+"""kill -9 anywhere: SIGKILL the whole training job at random moments (inside saves too), resume it with
+``--resume auto`` until it finishes, and check that the final consolidated weights equal an
+uninterrupted run's bit for bit.
+
+    python benchmarks/kill_harness.py --trials 20            # the recorded result (docs/benchmarks.md)
+    python benchmarks/kill_harness.py --trials 2 --steps 6   # what CI runs (tests/test_resilience.py)
+
+The job is the tiny test model (2 ranks, ZeRO-3, fp32, AST+KD, mask refreshes, dynamic domain weights)
+under torchrun, saving every step so that a good share of the kills land inside a save. Each trial
+draws its kill time uniformly (seeded) over the reference run's duration (even trials) or its second
+half (odd trials, where the steps and saves are), kills the job's whole process group, notes whether a partial tag (no COMPLETE) was left, then resumes once or more until the run ends.
+The last line is one JSON object.
+"""
+
+import argparse
+import json
+import os
+import random
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(HERE)
+TRAIN = os.path.join(ROOT, "launchers", "train.py")
+
+
+def _port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def command(ws: dict, out: str, steps: int, *extra: str) -> list[str]:
+    return [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", f"--master_port={_port()}", TRAIN,
+            "--ds_config", os.path.join(ROOT, "ds_configs", "zero3.json"), "--recipe", "demo",
+            "--model.path", ws["model"], "--data.data_dir", ws["data"], "--out_dir", out,
+            "--total_steps", str(steps), "--save_every", "1", "--keep_last", "2", "--log_every", "1",
+            "--eval_every", "0", "--micro_batch", "2", "--global_batch", "4", "--optim.warmup_steps", "2",
+            "--sparsity.mask_interval", "2", "--data.weights_mode", "dynamic", "--data.update_every", "3",
+            "--eval_batches", "2", *extra]
+
+
+def env() -> dict:
+    return dict(os.environ, DS_ACCELERATOR="cpu", OMP_NUM_THREADS="1", TOKENIZERS_PARALLELISM="false",
+                PYTHONWARNINGS="ignore")
+
+
+def run(cmd: list[str], *, kill_after: float | None = None) -> int | None:
+    """Run ``cmd`` in its own process group; SIGKILL the group after ``kill_after`` s. None if killed."""
+    proc = subprocess.Popen(cmd, env=env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                            start_new_session=True)
+    try:
+        _, err = proc.communicate(timeout=kill_after)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.communicate()
+        return None
+    if proc.returncode != 0:
+        raise RuntimeError(f"{' '.join(cmd[-30:])} failed ({proc.returncode}):\n{err[-4000:]}")
+    return proc.returncode
+
+
+def final_weights(run_dir: str, work: str) -> dict:
+    from safetensors.torch import load_file
+
+    from ast_ds.checkpoint.consolidate import consolidate
+
+    out = tempfile.mkdtemp(prefix="hf-", dir=work)
+    shutil.rmtree(out)
+    consolidate(run_dir, out, dtype="fp32")
+    return load_file(os.path.join(out, "model.safetensors"))
+
+
+def partial_tags(run_dir: str) -> list[str]:
+    from ast_ds.checkpoint.layout import TAG_PREFIX, checkpoints_dir, is_complete
+
+    root = checkpoints_dir(run_dir)
+    if not os.path.isdir(root):
+        return []
+    return [t for t in os.listdir(root) if t.startswith(TAG_PREFIX) and not is_complete(os.path.join(root, t))]
+
+
+def trial(i: int, *, ws: dict, work: str, steps: int, duration: float, rng: random.Random, reference: dict) -> dict:
+    import torch
+
+    out = os.path.join(work, f"trial{i:02d}")
+    # even trials: anywhere in the run (start-up included); odd ones: in its training half, where saves are
+    kill_at = rng.uniform(0.0 if i % 2 == 0 else duration / 2, duration)
+    killed = run(command(ws, out, steps), kill_after=kill_at) is None
+    left_partial = partial_tags(out)
+    resumes = 0
+    while True:  # resume until the run reports its last step
+        run(command(ws, out, steps, "--resume", "auto"))
+        resumes += 1
+        if os.path.isdir(os.path.join(out, "checkpoints", f"step_{steps:08d}")):
+            break
+    got = final_weights(out, work)
+    equal = got.keys() == reference.keys() and all(torch.equal(got[k], reference[k]) for k in reference)
+    row = {"trial": i, "kill_at_s": round(kill_at, 2), "killed": killed, "partial_tag_left": left_partial,
+           "resumes": resumes, "equal": equal}
+    print(json.dumps(row), flush=True)
+    shutil.rmtree(out, ignore_errors=True)
+    return row
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--trials", type=int, default=20)
+    ap.add_argument("--steps", type=int, default=8)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--work", help="work folder (default: a temporary one, removed at the end)")
+    args = ap.parse_args(argv)
+    from ast_ds.demo import tiny_workspace
+
+    work = args.work or tempfile.mkdtemp(prefix="kill_harness_")
+    try:
+        ws = tiny_workspace(os.path.join(work, "ws"))
+        start = time.perf_counter()
+        run(command(ws, os.path.join(work, "reference"), args.steps))
+        duration = time.perf_counter() - start
+        reference = final_weights(os.path.join(work, "reference"), work)
+        print(f"reference run: {args.steps} steps, a save after each, {duration:.1f} s", flush=True)
+        rng = random.Random(args.seed)
+        rows = [trial(i, ws=ws, work=work, steps=args.steps, duration=duration, rng=rng, reference=reference)
+                for i in range(args.trials)]
+    finally:
+        if not args.work:
+            shutil.rmtree(work, ignore_errors=True)
+    summary = {"trials": len(rows), "all_equal": all(r["equal"] for r in rows),
+               "killed": sum(r["killed"] for r in rows),
+               "killed_inside_a_save": sum(bool(r["partial_tag_left"]) for r in rows),
+               "reference_s": round(duration, 1)}
+    print(json.dumps(summary))
+    return 0 if summary["all_equal"] else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
