@@ -35,7 +35,12 @@ def check_tokenizers_match(corpus, model_path: str) -> None:
 
     if not _has_tokenizer(model_path):
         return
-    ours, theirs = corpus.tokenizer(), load_tokenizer(model_path)
+    copy, spm = corpus.tokenizer_dir(), "tokenizer.model"
+    if os.path.isfile(os.path.join(copy, spm)) and os.path.isfile(os.path.join(model_path, spm)):
+        # both SentencePiece: compare like with like (HF's LlamaTokenizer may split some text differently)
+        ours, theirs = load_tokenizer(os.path.join(copy, spm)), load_tokenizer(os.path.join(model_path, spm))
+    else:
+        ours, theirs = load_tokenizer(copy), load_tokenizer(model_path)
     same = (ours.vocab_size, ours.bos_id, ours.eos_id) == (theirs.vocab_size, theirs.bos_id, theirs.eos_id) and \
         all(ours.encode(p) == theirs.encode(p) for p in PROBES)
     if not same:

@@ -226,3 +226,12 @@ def test_a_negative_or_zero_batch(model, field, value):
     cfg = cfg_for(model, prepared(), **{field: value})
     with pytest.raises(ValueError, match=f"config field {field}: must be > 0"):
         cfg.validate(1)
+
+
+def test_evaluation_text_shorter_than_one_window(model, tmp_path):
+    from ast_ds.evaluate import perplexity
+
+    text = tmp_path / "short.txt"
+    text.write_text("just a few words")
+    with pytest.raises(ValueError, match="fewer than one window of --seq_len 256"):
+        perplexity(model, str(text), seq_len=256)
