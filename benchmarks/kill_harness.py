@@ -8,7 +8,7 @@ uninterrupted run's bit for bit.
 The job is the tiny test model (2 ranks, ZeRO-3, fp32, AST+KD, mask refreshes, dynamic domain weights)
 under torchrun, saving every step so that a good share of the kills land inside a save. Each trial
 draws its kill time uniformly (seeded) over the reference run's duration (even trials) or its second
-half (odd trials, where the steps and saves are), kills the job's whole process group, notes whether a partial tag (no COMPLETE) was left, then resumes once or more until the run ends.
+half (odd trials, where the steps and saves are), SIGKILLs the launcher and every rank at once, notes whether a partial tag (no COMPLETE) was left, then resumes once or more until the run ends.
 The last line is one JSON object.
 """
 
@@ -50,14 +50,28 @@ def env() -> dict:
                 PYTHONWARNINGS="ignore")
 
 
+def kill_tree(pid: int) -> None:
+    """SIGKILL the launcher and every process below it (torchrun starts each rank in a session of its
+    own, so killing the launcher's process group alone would leave the ranks running)."""
+    import psutil
+
+    procs = [psutil.Process(pid), *psutil.Process(pid).children(recursive=True)]
+    for p in procs:
+        try:
+            p.send_signal(signal.SIGKILL)
+        except psutil.NoSuchProcess:
+            pass
+    psutil.wait_procs(procs, timeout=30)
+
+
 def run(cmd: list[str], *, kill_after: float | None = None) -> int | None:
-    """Run ``cmd`` in its own process group; SIGKILL the group after ``kill_after`` s. None if killed."""
+    """Run ``cmd``; SIGKILL it and all its descendants after ``kill_after`` s (None if killed)."""
     proc = subprocess.Popen(cmd, env=env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
                             start_new_session=True)
     try:
         _, err = proc.communicate(timeout=kill_after)
     except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
+        kill_tree(proc.pid)
         proc.communicate()
         return None
     if proc.returncode != 0:
