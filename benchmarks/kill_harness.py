@@ -102,6 +102,8 @@ def partial_tags(run_dir: str) -> list[str]:
 def trial(i: int, *, ws: dict, work: str, steps: int, duration: float, rng: random.Random, reference: dict) -> dict:
     import torch
 
+    from ast_ds.checkpoint.layout import checkpoints_dir, is_complete, tag_name
+
     out = os.path.join(work, f"trial{i:02d}")
     # even trials: anywhere in the run (start-up included); odd ones: in its training half, where saves are
     kill_at = rng.uniform(0.0 if i % 2 == 0 else duration / 2, duration)
@@ -111,7 +113,7 @@ def trial(i: int, *, ws: dict, work: str, steps: int, duration: float, rng: rand
     while True:  # resume until the run reports its last step
         run(command(ws, out, steps, "--resume", "auto"))
         resumes += 1
-        if os.path.isdir(os.path.join(out, "checkpoints", f"step_{steps:08d}")):
+        if is_complete(os.path.join(checkpoints_dir(out), tag_name(steps))):
             break
     got = final_weights(out, work)
     equal = got.keys() == reference.keys() and all(torch.equal(got[k], reference[k]) for k in reference)

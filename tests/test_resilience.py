@@ -12,6 +12,7 @@ import pytest
 import torch
 
 import golden
+from ast_ds.checkpoint.layout import COMPLETE, checkpoints_dir, complete_tags, rank_file, tag_name
 from conftest import ROOT, run_torchrun
 
 TRAIN = os.path.join(ROOT, "launchers", "train.py")
@@ -44,13 +45,13 @@ def metrics(out):
 
 
 def tag(out, step):
-    return os.path.join(out, "checkpoints", f"step_{step:08d}")
+    return os.path.join(checkpoints_dir(str(out)), tag_name(step))
 
 
 def fp32(out, step):
     from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
 
-    return get_fp32_state_dict_from_zero_checkpoint(os.path.join(out, "checkpoints"), tag=f"step_{step:08d}")
+    return get_fp32_state_dict_from_zero_checkpoint(checkpoints_dir(str(out)), tag=tag_name(step))
 
 
 def tensors_equal(a, b) -> bool:
@@ -78,7 +79,7 @@ def test_a_signal_on_one_rank_saves_that_step_everywhere_and_resume_is_exact(ws,
     assert proc.returncode == 0
     assert "preempted" in proc.stderr + proc.stdout and "--resume auto" in proc.stderr + proc.stdout
     assert sorted(metrics(out)) == [1, 2, 3]
-    assert os.path.isfile(os.path.join(tag(out, 3), "COMPLETE"))
+    assert os.path.isfile(os.path.join(tag(out, 3), COMPLETE))
     train(ws, out, "--resume", "auto")
     full, resumed = metrics(uninterrupted), metrics(out)
     assert [full[s]["loss"] for s in full] == [resumed[s]["loss"] for s in full]
@@ -94,7 +95,7 @@ def test_sigterm_through_the_deepspeed_launcher(ws, uninterrupted):
     log = proc.stderr + proc.stdout
     assert "preempted (SIGTERM)" in log, log[-3000:]
     saved = sorted(metrics(out))[-1]
-    assert saved >= 3 and os.path.isfile(os.path.join(tag(out, saved), "COMPLETE"))
+    assert saved >= 3 and os.path.isfile(os.path.join(tag(out, saved), COMPLETE))
     assert "exits with return code" not in log  # no rank failed: the launcher's 1 is its own SIGTERM policy
     train(ws, out, "--resume", "auto")
     assert tensors_equal(fp32(uninterrupted, STEPS), fp32(out, STEPS))
@@ -117,8 +118,7 @@ def test_a_nan_on_one_rank_is_skipped_on_every_rank_without_touching_the_state(w
         assert optim[1]["overflow"] and not optim[0]["overflow"]  # DeepSpeed's flag of the skipped step
         for key in ("fp32_flat_groups", "optimizer_state_dict"):  # fp32 partitions; moments, step counts, lr
             assert tensors_equal(optim[0][key], optim[1][key])
-        masks = [torch.load(os.path.join(tag(out, s), f"trainer_rank{rank:05d}.pt"), weights_only=False)["sparsity"]
-                 for s in (2, 3)]
+        masks = [torch.load(rank_file(tag(out, s), rank), weights_only=False)["sparsity"] for s in (2, 3)]
         assert tensors_equal(*masks)
     assert all(torch.isfinite(v).all() for v in fp32(out, STEPS).values())
 
@@ -126,10 +126,8 @@ def test_a_nan_on_one_rank_is_skipped_on_every_rank_without_touching_the_state(w
 def _assert_stopped_with_good_checkpoint(proc, out, last_good: int):
     log = proc.stderr + proc.stdout
     assert proc.returncode != 0 and "non-finite" in log, log[-3000:]
-    assert f"step_{last_good:08d}" in log
-    from ast_ds.checkpoint.layout import complete_tags
-
-    assert complete_tags(os.path.join(out, "checkpoints"))[-1] == f"step_{last_good:08d}"
+    assert tag_name(last_good) in log
+    assert complete_tags(checkpoints_dir(str(out)))[-1] == tag_name(last_good)
     assert all(torch.isfinite(v).all() for v in fp32(out, last_good).values())
 
 
@@ -149,8 +147,8 @@ def test_a_learning_rate_that_diverges_stops_with_non_finite(ws):
     out = ws["root"] / "lr"
     proc = train(ws, out, "--save_every", "1", "--optim.lr", "1e4", "--optim.warmup_steps", "0",
                  "--total_steps", "30", check=False)
-    good = [int(t[len("step_"):]) for t in os.listdir(os.path.join(out, "checkpoints")) if t.startswith("step_")]
-    _assert_stopped_with_good_checkpoint(proc, out, last_good=max(good))
+    last = complete_tags(checkpoints_dir(str(out)))[-1]
+    _assert_stopped_with_good_checkpoint(proc, out, last_good=int(last.rsplit("_", 1)[1]))
 
 
 @pytest.mark.multiprocess
