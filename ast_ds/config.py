@@ -83,7 +83,7 @@ class OptimConfig:
 @dataclass(kw_only=True)
 class DataConfig:
     data_dir: str = ""
-    """Output folder of data_prep/prepare.py (manifest.json + <domain>/{train,eval} MDS shards)."""
+    """Output folder of data_prep/prepare.py (its manifest + <domain>/{train,eval} MDS shards)."""
     remote: str = ""
     """Optional remote root (s3://, gs://, ...) with the same layout; data_dir is then the local cache."""
     domains: list[str] = field(default_factory=list)

@@ -3,7 +3,7 @@
 * a text or jsonl file: documents joined by blank lines into one stream, tokenized once (BOS first),
   cut into non-overlapping windows of ``seq_len`` tokens (the WikiText-2 protocol; a last partial
   window is dropped), perplexity = exp(mean next-token NLL over every predicted token);
-* a prepared MDS folder (``manifest.json``): the eval split of every domain, per domain.
+* a prepared MDS folder (``data_prep/prepare.py`` output): the eval split of every domain, per domain.
 """
 
 from __future__ import annotations

@@ -9,7 +9,7 @@ import sys
 try:
     from ast_ds.data.summary import main
 except ModuleNotFoundError as e:  # ast_ds not installed in this Python
-    from _not_installed import exit_with_help  # beside this script (sys.path[0] when run as a script)
+    from _not_installed import exit_with_help  # beside this script (its folder is importable when run as a script)
 
     exit_with_help(e)
 

@@ -1,7 +1,7 @@
 """Imported first by every launcher: a clear error, not a traceback, when ``ast_ds`` is not installed.
 
 The README's commands (``bash launchers/demo.sh``, ``bash tests/run.sh``) create ``.venv`` and install
-the package into it; launchers never edit ``sys.path`` to find it.
+the package into it; launchers never change the import path to find it.
 """
 
 import importlib.util

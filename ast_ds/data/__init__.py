@@ -5,7 +5,7 @@ importing this package stays cheap:
 
 - ``ast_ds.data.corpus``: ``Corpus`` (where a prepared corpus lives: folder or remote + cache; manifest,
   splits, its own tokenizer copy)
-- ``ast_ds.data.manifest``: the layout of a prepared corpus and its ``manifest.json``
+- ``ast_ds.data.manifest``: the layout of a prepared corpus and its manifest
 - ``ast_ds.data.tokenizer``: ``load_tokenizer`` (SentencePiece ``.model`` or a Hugging Face folder)
 - ``ast_ds.data.prepare``: ``prepare(...)`` and the ``data_prep/prepare.py`` command line
 - ``ast_ds.data.loader``: ``MultiDomainLoader`` and ``eval_batches``

@@ -87,7 +87,7 @@ class Corpus:
 
     @property
     def manifest(self) -> dict:
-        """``manifest.json``: the local one, or the remote's current one fetched into the cache."""
+        """The manifest: the local one, or the remote's current one fetched into the cache."""
         if self._manifest is None:
             if self.remote:
                 os.makedirs(self.local_root, exist_ok=True)

@@ -7,7 +7,7 @@ packing rule in ``ast_ds.data.packing``.
 How it runs:
 
 1. Every input is resolved to its files, and the arguments, the tokenizer hash and the input files'
-   sizes and modification times form the run's *config*. If ``DIR/manifest.json`` holds the same
+   sizes and modification times form the run's *config*. If the manifest in ``DIR`` holds the same
    config, the output is up to date and nothing is done; a different config is refused unless
    ``overwrite``.
 2. A counting pass reads every file once to number the documents (non-blank lines); the eval
@@ -69,7 +69,7 @@ class PrepareOptions:
     """Everything that decides the output (``workers`` and ``progress`` do not): the one definition of
     ``prepare``'s keyword options and of the command line's flags of the same names (``build_arg_parser``).
 
-    The fields, in this order, also make up the run's config in ``manifest.json`` (``_run_config``), so a
+    The fields, in this order, also make up the run's config in the manifest (``_run_config``), so a
     field added here reaches the flags, ``prepare(...)`` and the up-to-date check at once."""
 
     tokenizer: str = _option(group=TOKENIZATION,
@@ -141,7 +141,7 @@ def prepare(inputs: dict[str, str] | list[str], *, out: str, workers: int = 1, o
         return PrepareResult(out, existing, up_to_date=True)
     if os.path.exists(out) and not overwrite:
         if existing is None:
-            why = "it exists and is not a prepared corpus (no readable manifest.json)"
+            why = f"it exists and is not a prepared corpus (no readable {MANIFEST_NAME})"
         else:
             why = "it was prepared with different " + ", ".join(_config_diff(existing.get("config", {}), config))
         raise DataPrepError(f"--out {out}: {why}; pass --overwrite to replace it, or choose another --out")
@@ -504,7 +504,7 @@ def build_arg_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="data_prep/prepare.py",
         description="Tokenize jsonl documents per domain into fixed-length token rows in MDS shards "
-                    "(DIR/<domain>/{train,eval}/) with DIR/manifest.json. Rerunning with the same arguments "
+                    f"(DIR/<domain>/{{train,eval}}/) with DIR/{MANIFEST_NAME}. Rerunning with the same arguments "
                     "does nothing.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     groups = {name: p.add_argument_group(name) for name in (INPUT, TOKENIZATION, EVAL_SPLIT, OUTPUT)}
