@@ -7,6 +7,8 @@ trained, from 1; RANK: a global rank, default every rank):
 * ``data_error@3[:RANK]``        reading a batch of step 3 raises OSError on RANK (a file one node cannot read)
 * ``signal@3:SIGUSR1[:RANK]``    after step 3, RANK sends itself the signal (a preemption notice)
 * ``signal_parent@3:SIGTERM``    after step 3, rank 0 sends the signal to its parent process (the launcher)
+* ``kill_in_save@3[:RANK]``      RANK dies by SIGKILL inside the save of step 3, after DeepSpeed's files and
+                                 before COMPLETE (a kill inside a save, on purpose)
 
 Nothing here runs in a normal job: every hook returns at once when the variable is empty.
 """
@@ -17,7 +19,7 @@ import os
 import signal
 
 ENV = "AST_DS_FAULTS"
-KINDS = ("nan_loss", "data_error", "signal", "signal_parent")
+KINDS = ("nan_loss", "data_error", "signal", "signal_parent", "kill_in_save")
 
 
 class Faults:
@@ -44,6 +46,10 @@ class Faults:
     def data_error(self, step: int, rank: int) -> None:
         if self.entries and self._match("data_error", step, rank, 0):
             raise OSError(f"injected read error (${ENV}) at step {step} on rank {rank}")
+
+    def in_save(self, step: int, rank: int) -> None:
+        if self.entries and self._match("kill_in_save", step, rank, 0):
+            os.kill(os.getpid(), signal.SIGKILL)
 
     def after_step(self, step: int, rank: int) -> None:
         if not self.entries:

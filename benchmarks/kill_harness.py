@@ -3,12 +3,15 @@
 uninterrupted run's bit for bit.
 
     python benchmarks/kill_harness.py --trials 20            # the recorded result (docs/benchmarks.md)
-    python benchmarks/kill_harness.py --trials 2 --steps 6   # what CI runs (tests/test_resilience.py)
+    python benchmarks/kill_harness.py --trials 1 --in_save_trials 1 --steps 5   # what CI runs
 
 The job is the tiny test model (2 ranks, ZeRO-3, fp32, AST+KD, mask refreshes, dynamic domain weights)
-under torchrun, saving every step so that a good share of the kills land inside a save. Each trial
-draws its kill time uniformly (seeded) over the reference run's duration (even trials) or its second
-half (odd trials, where the steps and saves are), SIGKILLs the launcher and every rank at once, notes whether a partial tag (no COMPLETE) was left, then resumes once or more until the run ends.
+under torchrun, saving every step. Each trial draws its kill time uniformly (seeded) over the reference
+run's duration (even trials) or its second half (odd trials, where the steps and saves are), SIGKILLs the
+launcher and every rank at once, notes whether a partial tag (no COMPLETE) was left, then resumes with
+``--resume auto`` until the run ends. ``--in_save_trials`` adds trials that kill rank 0 inside the save
+of a random step on purpose (``AST_DS_FAULTS=kill_in_save@STEP:0``: after DeepSpeed's files, before
+COMPLETE), since random moments rarely hit a save of this tiny model.
 The last line is one JSON object.
 """
 
@@ -45,9 +48,9 @@ def command(ws: dict, out: str, steps: int, *extra: str) -> list[str]:
             "--eval_batches", "2", *extra]
 
 
-def env() -> dict:
+def env(faults: str = "") -> dict:
     return dict(os.environ, DS_ACCELERATOR="cpu", OMP_NUM_THREADS="1", TOKENIZERS_PARALLELISM="false",
-                PYTHONWARNINGS="ignore")
+                PYTHONWARNINGS="ignore", AST_DS_FAULTS=faults)
 
 
 def kill_tree(pid: int) -> None:
@@ -64,9 +67,10 @@ def kill_tree(pid: int) -> None:
     psutil.wait_procs(procs, timeout=30)
 
 
-def run(cmd: list[str], *, kill_after: float | None = None) -> int | None:
-    """Run ``cmd``; SIGKILL it and all its descendants after ``kill_after`` s (None if killed)."""
-    proc = subprocess.Popen(cmd, env=env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+def run(cmd: list[str], *, kill_after: float | None = None, faults: str = "") -> int | None:
+    """Run ``cmd``; SIGKILL it and all its descendants after ``kill_after`` s (None if killed). With
+    ``faults`` (``$AST_DS_FAULTS``) the run is expected to die: its exit code is returned."""
+    proc = subprocess.Popen(cmd, env=env(faults), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
                             start_new_session=True)
     try:
         _, err = proc.communicate(timeout=kill_after)
@@ -74,8 +78,9 @@ def run(cmd: list[str], *, kill_after: float | None = None) -> int | None:
         kill_tree(proc.pid)
         proc.communicate()
         return None
-    if proc.returncode != 0:
-        raise RuntimeError(f"{' '.join(cmd[-30:])} failed ({proc.returncode}):\n{err[-4000:]}")
+    if proc.returncode != 0 and not faults:
+        errors = [line for line in err.splitlines() if "Error" in line and "errors.html" not in line]
+        raise RuntimeError(f"exit {proc.returncode}: " + " | ".join(errors[-3:]))
     return proc.returncode
 
 
@@ -99,26 +104,44 @@ def partial_tags(run_dir: str) -> list[str]:
     return [t for t in os.listdir(root) if t.startswith(TAG_PREFIX) and not is_complete(os.path.join(root, t))]
 
 
-def trial(i: int, *, ws: dict, work: str, steps: int, duration: float, rng: random.Random, reference: dict) -> dict:
+def trial(i: int, *, ws: dict, work: str, steps: int, duration: float, rng: random.Random, reference: dict,
+          in_save: bool = False) -> dict:
     import torch
 
     from ast_ds.checkpoint.layout import checkpoints_dir, is_complete, tag_name
 
     out = os.path.join(work, f"trial{i:02d}")
-    # even trials: anywhere in the run (start-up included); odd ones: in its training half, where saves are
-    kill_at = rng.uniform(0.0 if i % 2 == 0 else duration / 2, duration)
-    killed = run(command(ws, out, steps), kill_after=kill_at) is None
+    if in_save:  # rank 0 is SIGKILLed between DeepSpeed's files and COMPLETE of a random step; torchrun ends the rest
+        kill_at = rng.randint(1, steps - 1)
+        run(command(ws, out, steps), faults=f"kill_in_save@{kill_at}:0")
+        killed = True
+    for _ in range(0 if in_save else 5):  # a run that ends before its kill time (a busy machine varies) is drawn again
+        shutil.rmtree(out, ignore_errors=True)
+        # even trials: anywhere in the run (start-up included); odd ones: in its training half, where saves are
+        kill_at = rng.uniform(0.0 if i % 2 == 0 else duration / 2, duration)
+        start = time.perf_counter()
+        killed = run(command(ws, out, steps), kill_after=kill_at) is None
+        if killed:
+            break
+        duration = min(duration, time.perf_counter() - start)
     left_partial = partial_tags(out)
-    resumes = 0
+    resumes, failed_starts = 0, []
     while True:  # resume until the run reports its last step
-        run(command(ws, out, steps, "--resume", "auto"))
+        try:
+            run(command(ws, out, steps, "--resume", "auto"))
+        except RuntimeError as e:  # recorded; the final weights still have to match
+            failed_starts.append(str(e)[-300:])
+            if len(failed_starts) > 2:
+                raise
+            continue
         resumes += 1
         if is_complete(os.path.join(checkpoints_dir(out), tag_name(steps))):
             break
     got = final_weights(out, work)
     equal = got.keys() == reference.keys() and all(torch.equal(got[k], reference[k]) for k in reference)
-    row = {"trial": i, "kill_at_s": round(kill_at, 2), "killed": killed, "partial_tag_left": left_partial,
-           "resumes": resumes, "equal": equal}
+    row = {"trial": i, "kill_at": f"inside the save of step {kill_at}" if in_save else f"{kill_at:.2f} s",
+           "killed": killed, "partial_tag_left": left_partial,
+           "resumes": resumes, "failed_starts": failed_starts, "equal": equal}
     print(json.dumps(row), flush=True)
     shutil.rmtree(out, ignore_errors=True)
     return row
@@ -128,6 +151,8 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--trials", type=int, default=20)
     ap.add_argument("--steps", type=int, default=8)
+    ap.add_argument("--in_save_trials", type=int, default=0,
+                    help="further trials that kill rank 0 inside a save on purpose (between DeepSpeed's files and COMPLETE)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--work", help="work folder (default: a temporary one, removed at the end)")
     args = ap.parse_args(argv)
@@ -142,14 +167,15 @@ def main(argv=None) -> int:
         reference = final_weights(os.path.join(work, "reference"), work)
         print(f"reference run: {args.steps} steps, a save after each, {duration:.1f} s", flush=True)
         rng = random.Random(args.seed)
-        rows = [trial(i, ws=ws, work=work, steps=args.steps, duration=duration, rng=rng, reference=reference)
-                for i in range(args.trials)]
+        rows = [trial(i, ws=ws, work=work, steps=args.steps, duration=duration, rng=rng, reference=reference,
+                      in_save=i >= args.trials) for i in range(args.trials + args.in_save_trials)]
     finally:
         if not args.work:
             shutil.rmtree(work, ignore_errors=True)
     summary = {"trials": len(rows), "all_equal": all(r["equal"] for r in rows),
                "killed": sum(r["killed"] for r in rows),
                "killed_inside_a_save": sum(bool(r["partial_tag_left"]) for r in rows),
+               "failed_starts": sum(len(r["failed_starts"]) for r in rows),
                "reference_s": round(duration, 1)}
     print(json.dumps(summary))
     return 0 if summary["all_equal"] else 1

@@ -29,6 +29,7 @@ from ast_ds.atomic import atomic_path, fsync_file, fsync_tree, write_json_atomic
 from ast_ds.checkpoint.layout import (LATEST, META_STEP, META_WORLD_SIZE, RANK_FORMAT, RANK_FORMAT_KEY, CheckpointError,
                                       checkpoints_dir, complete_tags, find_checkpoint, is_complete, rank_file, read_meta,
                                       tag_name)
+from ast_ds.faults import Faults
 from ast_ds.checkpoint.layout import COMPLETE as _COMPLETE
 
 log = logging.getLogger("ast_ds")
@@ -85,6 +86,7 @@ class CheckpointManager:
         client_state = {key: c.state_dict() for key, c in self.shared.items()}
         # the per-rank states are taken after DeepSpeed's save; nothing in it changes them
         self.engine.save_checkpoint(self.root, tag=tag_name(step), client_state=client_state, save_latest=False)
+        Faults().in_save(step, rank)  # tests only ($AST_DS_FAULTS): a kill -9 between DeepSpeed's files and COMPLETE
         error = None
         try:
             with atomic_path(rank_file(path, rank)) as tmp:
