@@ -2,16 +2,17 @@
 ``--resume auto`` until it finishes, and check that the final consolidated weights equal an
 uninterrupted run's bit for bit.
 
-    python benchmarks/kill_harness.py --trials 20            # the recorded result (docs/benchmarks.md)
-    python benchmarks/kill_harness.py --trials 1 --in_save_trials 1 --steps 5   # what CI runs
+    python benchmarks/kill_harness.py --trials 20 --in_save_trials 5 --steps 8 --seed 0   # recorded (docs/benchmarks.md)
+    python benchmarks/kill_harness.py --trials 1 --in_save_trials 1 --steps 5 --seed 1    # what CI runs
 
 The job is the tiny test model (2 ranks, ZeRO-3, fp32, AST+KD, mask refreshes, dynamic domain weights)
-under torchrun, saving every step. Each trial draws its kill time uniformly (seeded) over the reference
-run's duration (even trials) or its second half (odd trials, where the steps and saves are), SIGKILLs the
-launcher and every rank at once, notes whether a partial tag (no COMPLETE) was left, then resumes with
-``--resume auto`` until the run ends. ``--in_save_trials`` adds trials that kill rank 0 inside the save
-of a random step on purpose (``AST_DS_FAULTS=kill_in_save@STEP:0``: after DeepSpeed's files, before
-COMPLETE), since random moments rarely hit a save of this tiny model.
+under torchrun, saving every step. Even trials SIGKILL the launcher and every rank at once at a time
+drawn uniformly (seeded) over the reference run's duration (start-up and shut-down included); odd
+trials do it a random 0–0.6 s after the checkpoint of a random step, i.e. among the steps and saves.
+Each trial notes how far the killed run got and whether it left a partial tag (no COMPLETE), then
+resumes with ``--resume auto`` until the run ends. ``--in_save_trials`` adds trials that kill rank 0
+inside the save of a random step on purpose (``AST_DS_FAULTS=kill_in_save@STEP:0``: after DeepSpeed's
+files, before COMPLETE), since random moments rarely hit a save of this tiny model.
 The last line is one JSON object.
 """
 
@@ -67,11 +68,32 @@ def kill_tree(pid: int) -> None:
     psutil.wait_procs(procs, timeout=30)
 
 
-def run(cmd: list[str], *, kill_after: float | None = None, faults: str = "") -> int | None:
-    """Run ``cmd``; SIGKILL it and all its descendants after ``kill_after`` s (None if killed). With
-    ``faults`` (``$AST_DS_FAULTS``) the run is expected to die: its exit code is returned."""
+def run(cmd: list[str], *, kill_after: float | None = None, faults: str = "", kill_once=None) -> int | None:
+    """Run ``cmd``; SIGKILL it and all its descendants after ``kill_after`` s, or ``kill_once[1]`` s after
+    the path ``kill_once[0]`` appears (None if killed). With ``faults`` (``$AST_DS_FAULTS``) the run is
+    expected to die: its exit code is returned."""
     proc = subprocess.Popen(cmd, env=env(faults), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
                             start_new_session=True)
+    if kill_once is not None:  # stderr goes to a thread so the pipe never fills while we poll
+        import threading
+
+        chunks: list[str] = []
+        reader = threading.Thread(target=lambda: chunks.append(proc.stderr.read()), daemon=True)
+        reader.start()
+        while proc.poll() is None and not os.path.exists(kill_once[0]):
+            time.sleep(0.02)
+        if proc.poll() is None:
+            time.sleep(kill_once[1])
+            if proc.poll() is None:
+                kill_tree(proc.pid)
+                proc.wait()
+                return None
+        proc.wait()
+        reader.join()
+        err = "".join(chunks)
+        if proc.returncode != 0:
+            raise RuntimeError(f"exit {proc.returncode}: {err[-300:]}")
+        return proc.returncode
     try:
         _, err = proc.communicate(timeout=kill_after)
     except subprocess.TimeoutExpired:
@@ -108,7 +130,7 @@ def trial(i: int, *, ws: dict, work: str, steps: int, duration: float, rng: rand
           in_save: bool = False) -> dict:
     import torch
 
-    from ast_ds.checkpoint.layout import checkpoints_dir, is_complete, tag_name
+    from ast_ds.checkpoint.layout import checkpoints_dir, find_checkpoint, is_complete, tag_name
 
     out = os.path.join(work, f"trial{i:02d}")
     if in_save:  # rank 0 is SIGKILLed between DeepSpeed's files and COMPLETE of a random step; torchrun ends the rest
@@ -117,14 +139,20 @@ def trial(i: int, *, ws: dict, work: str, steps: int, duration: float, rng: rand
         killed = True
     for _ in range(0 if in_save else 5):  # a run that ends before its kill time (a busy machine varies) is drawn again
         shutil.rmtree(out, ignore_errors=True)
-        # even trials: anywhere in the run (start-up included); odd ones: in its training half, where saves are
-        kill_at = rng.uniform(0.0 if i % 2 == 0 else duration / 2, duration)
         start = time.perf_counter()
-        killed = run(command(ws, out, steps), kill_after=kill_at) is None
+        if i % 2 == 0:  # even trials: anywhere in the run, start-up and shut-down included
+            kill_at = rng.uniform(0.0, duration)
+            killed = run(command(ws, out, steps), kill_after=kill_at) is None
+        else:  # odd trials: during training, a random time after the checkpoint of a random step
+            after, delay = rng.randint(1, steps - 2), rng.uniform(0.0, 0.6)
+            kill_at = f"{delay:.2f} s after the checkpoint of step {after}"
+            marker = os.path.join(checkpoints_dir(out), tag_name(after), "COMPLETE")
+            killed = run(command(ws, out, steps), kill_once=(marker, delay)) is None
         if killed:
             break
         duration = min(duration, time.perf_counter() - start)
     left_partial = partial_tags(out)
+    newest = find_checkpoint(checkpoints_dir(out), "auto")  # how far the killed run got
     resumes, failed_starts = 0, []
     while True:  # resume until the run reports its last step
         try:
@@ -139,8 +167,10 @@ def trial(i: int, *, ws: dict, work: str, steps: int, duration: float, rng: rand
             break
     got = final_weights(out, work)
     equal = got.keys() == reference.keys() and all(torch.equal(got[k], reference[k]) for k in reference)
-    row = {"trial": i, "kill_at": f"inside the save of step {kill_at}" if in_save else f"{kill_at:.2f} s",
-           "killed": killed, "partial_tag_left": left_partial,
+    where = kill_at if isinstance(kill_at, str) else f"{kill_at:.2f} s"
+    row = {"trial": i, "kill_at": f"inside the save of step {kill_at}" if in_save else where,
+           "killed": killed, "newest_complete_at_kill": os.path.basename(newest) if newest else None,
+           "partial_tag_left": left_partial,
            "resumes": resumes, "failed_starts": failed_starts, "equal": equal}
     print(json.dumps(row), flush=True)
     shutil.rmtree(out, ignore_errors=True)
@@ -175,6 +205,7 @@ def main(argv=None) -> int:
     summary = {"trials": len(rows), "all_equal": all(r["equal"] for r in rows),
                "killed": sum(r["killed"] for r in rows),
                "killed_inside_a_save": sum(bool(r["partial_tag_left"]) for r in rows),
+               "killed_after_a_checkpoint": sum(bool(r["newest_complete_at_kill"]) for r in rows),
                "failed_starts": sum(len(r["failed_starts"]) for r in rows),
                "reference_s": round(duration, 1)}
     print(json.dumps(summary))
