@@ -14,6 +14,8 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import shutil
+import tempfile
 from typing import Iterator
 
 
@@ -52,6 +54,18 @@ def atomic_path(path: str, *, fsync: bool = True) -> Iterator[str]:
         with contextlib.suppress(OSError):
             os.remove(tmp)
         raise
+
+
+def publish_dir(tmp: str, out: str) -> None:
+    """Replace the folder ``out`` by the finished folder ``tmp`` (same parent) with renames: ``out`` is
+    moved aside first and deleted only after ``tmp`` took its place, so a complete folder always exists."""
+    if os.path.exists(out):
+        old = tempfile.mkdtemp(prefix=f".{os.path.basename(out)}.old-", dir=os.path.dirname(os.path.abspath(out)))
+        os.rename(out, os.path.join(old, "previous"))
+        os.rename(tmp, out)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        os.rename(tmp, out)
 
 
 def write_text_atomic(path: str, text: str, *, fsync: bool = True) -> None:

@@ -21,6 +21,7 @@ from __future__ import annotations
 import logging
 import math
 import signal
+from typing import Callable
 
 from ast_ds import collectives
 
@@ -89,16 +90,19 @@ class NonFiniteGuard:
         norm_bad = grad_norm is not None and not math.isfinite(grad_norm)
         return engine_skipped or norm_bad or not all(math.isfinite(v) for v in losses)
 
-    def record(self, step: int, bad: bool, *, detail: str, last_good: str | None) -> None:
-        """After the agreed decision: log a skipped step; raise after ``patience`` in a row."""
+    def record(self, step: int, bad: bool, *, detail: Callable[[], str], last_good: Callable[[], str | None]) -> None:
+        """After the agreed decision: log a skipped step; raise after ``patience`` in a row. ``detail`` and
+        ``last_good`` (a folder scan) are called only for a non-finite step, never on the good path."""
         if not bad:
             self.consecutive = 0
             return
         self.consecutive += 1
         self.total += 1
+        detail = detail()
         log.warning("step %d: non-finite (%s); the step was skipped: weights, optimizer moments and masks are "
                     "unchanged (%d in a row, %d in all)", step, detail, self.consecutive, self.total)
         if self.consecutive >= self.patience:
+            last_good = last_good()
             raise NonFiniteError(
                 f"stopping: {self.consecutive} consecutive non-finite steps (last at step {step}: {detail}). "
                 f"The last good checkpoint is {last_good or 'none (no checkpoint was written yet)'}; it is intact. "
@@ -110,7 +114,5 @@ def weights_finite(engine) -> bool:
     """Whether this rank's fp32 master weights (the partitions its optimizer steps) are all finite."""
     import torch
 
-    inner = getattr(engine.optimizer, "optimizer", engine.optimizer)
-    tensors = [p for g in inner.param_groups for p in g["params"]] if inner is not None else []
-    tensors = tensors or list(engine.module.parameters())
-    return all(bool(torch.isfinite(t).all()) for t in tensors)
+    inner = getattr(engine.optimizer, "optimizer", engine.optimizer)  # ZeRO wraps the torch optimizer
+    return all(bool(torch.isfinite(p).all()) for g in inner.param_groups for p in g["params"])

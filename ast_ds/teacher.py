@@ -29,21 +29,19 @@ class Teacher:
         return self.engine(input_ids=input_ids, use_cache=False).logits
 
 
-def build_teacher(cfg: TrainConfig, ds_cfg: dict, *, dtype: torch.dtype, vocab: int) -> Teacher | NoTeacher:
+def build_teacher(cfg: TrainConfig, ds_cfg: dict, *, dtype: torch.dtype) -> Teacher | NoTeacher:
     """Distillation runs in ``mode=ast`` with ``distill.alpha > 0``; the teacher is ``model.teacher_path``
-    (default: the student's starting point), frozen, in the student's precision."""
+    (default: the student's starting point), frozen, in the student's precision. That it shares the
+    student's family and vocabulary is checked by ``ast_ds.preflight`` before anything is loaded."""
     if cfg.mode != "ast" or cfg.distill.alpha <= 0:
         return NoTeacher()
     import deepspeed
 
     from ast_ds.ds_config import teacher_ds_config
-    from ast_ds.model import load_causal_lm, vocab_size
+    from ast_ds.model import load_causal_lm
 
     t_cfg = teacher_ds_config(ds_cfg)
     model = load_causal_lm(cfg.teacher_path, ds_config=t_cfg, dtype=dtype, what="model.teacher_path")
-    if vocab_size(model) != vocab:
-        raise ValueError(f"model.teacher_path {cfg.teacher_path}: teacher vocabulary {vocab_size(model)} != student "
-                         f"vocabulary {vocab}; distil from a model with the student's tokenizer")
     model.requires_grad_(False)
     engine, *_ = deepspeed.initialize(model=model, config=t_cfg)
     engine.eval()

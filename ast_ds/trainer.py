@@ -141,10 +141,7 @@ def _build_student(cfg: TrainConfig, ds_cfg: dict, sparse, corpus: Corpus, dtype
     from ast_ds.optim.lr import lr_factor
 
     student = load_causal_lm(cfg.model.path, ds_config=ds_cfg, dtype=dtype)
-    vocab = vocab_size(student)
-    if corpus.vocab_size > vocab:
-        raise ValueError(f"data {corpus.data_dir} was tokenized with a vocabulary of {corpus.vocab_size} but the "
-                         f"model has {vocab} embeddings; prepare the data with the model's tokenizer")
+    vocab = vocab_size(student)  # the corpus fits it: checked by preflight on every rank
     if collectives.is_rank_zero():
         write_hf_meta(cfg.out_dir, student.config, model_path=cfg.model.path, corpus=corpus)
     sparse.prepare_model(student)
@@ -185,7 +182,7 @@ def train(cfg: TrainConfig, *, ds_config_path: str, resume: str | None = None, s
     preflight(cfg, corpus)  # every rank checks the inputs; the ranks agree before the first collective
     updater, loader = _build_data(cfg, corpus)
     engine, schedule, vocab = _build_student(cfg, ds_cfg, sparse, corpus, dtype)
-    teacher = build_teacher(cfg, ds_cfg, dtype=dtype, vocab=vocab)
+    teacher = build_teacher(cfg, ds_cfg, dtype=dtype)
 
     def evaluate(model_engine):
         return domain_eval_losses(model_engine, corpus, domains=loader.domains, micro_batch=cfg.micro_batch,
@@ -251,8 +248,8 @@ class _Loop:
                 bad, preempted = agree_step(bad=NonFiniteGuard.local_bad(
                     losses, grad_norm=norm, engine_skipped=self.engine.skipped_steps > skipped_before),
                     preempted=preemption.received is not None)
-                self.nonfinite.record(c.step, bad, last_good=last_good(),
-                                      detail=f"loss {losses} and grad norm {norm} on rank {self.rank}, domains {domains}")
+                self.nonfinite.record(c.step, bad, last_good=last_good, detail=lambda: (
+                    f"loss {losses} and grad norm {norm} on rank {self.rank}, domains {domains}"))
                 self.after_step(sums, skipped=bad)
                 if preempted:
                     ended = f"preempted ({preemption.received or 'signal on another rank'})"

@@ -15,6 +15,7 @@ import tempfile
 
 import torch
 
+from ast_ds.atomic import publish_dir
 from ast_ds.sparsity.nm_mask import verify_nm
 
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
@@ -85,13 +86,7 @@ def write_hf_folder(out: str, *, state_dict: dict[str, torch.Tensor], config_dir
         for name, content in {"sparsity_report.json": report, **(extra_files or {})}.items():
             with open(os.path.join(tmp, name), "w") as f:
                 json.dump(content, f, indent=2)
-        if os.path.exists(out):
-            old = tempfile.mkdtemp(prefix=".old-" + os.path.basename(out) + "-", dir=parent)
-            os.replace(out, os.path.join(old, "x"))
-            os.replace(tmp, out)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(tmp, out)
+        publish_dir(tmp, out)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

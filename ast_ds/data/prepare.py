@@ -39,7 +39,7 @@ from typing import Iterator
 
 import numpy as np
 
-from ast_ds.atomic import write_json_atomic
+from ast_ds.atomic import publish_dir, write_json_atomic
 from ast_ds.data.manifest import (FORMAT, MANIFEST_NAME, SPLITS, TOKENS_COLUMN, VERSION, SplitCounts, format_counts,
                                   split_dir)
 from ast_ds.data.packing import RowPacker, choose_eval_docs, eval_doc_count, token_dtype
@@ -156,7 +156,7 @@ def prepare(inputs: dict[str, str] | list[str], *, out: str, workers: int = 1, o
     try:
         manifest = _prepare_into(tmp, domains=domains, opts=opts, tok=tok, config=config, workers=workers,
                                  progress=progress)
-        _publish(tmp, out)
+        publish_dir(tmp, out)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
@@ -202,17 +202,6 @@ def _existing_config(out: str) -> dict | None:
 def _config_diff(old: dict, new: dict) -> list[str]:
     keys = [k for k in new if old.get(k) != new[k]] + [k for k in old if k not in new]
     return [("input files" if k == "inputs" else k) for k in keys] or ["arguments"]
-
-
-def _publish(tmp: str, out: str) -> None:
-    """Replace ``out`` by the finished ``tmp`` with renames (same parent folder, so atomic steps)."""
-    if os.path.exists(out):
-        old = tempfile.mkdtemp(prefix=f".{os.path.basename(out)}.old-", dir=os.path.dirname(out))
-        os.rename(out, os.path.join(old, "data"))
-        os.rename(tmp, out)
-        shutil.rmtree(old, ignore_errors=True)
-    else:
-        os.rename(tmp, out)
 
 
 # --------------------------------------------------------------------------------------------------
