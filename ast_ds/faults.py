@@ -7,6 +7,8 @@ trained, from 1; RANK: a global rank, default every rank):
 * ``data_error@3[:RANK]``        reading a batch of step 3 raises OSError on RANK (a file one node cannot read)
 * ``signal@3:SIGUSR1[:RANK]``    after step 3, RANK sends itself the signal (a preemption notice)
 * ``signal_parent@3:SIGTERM``    after step 3, rank 0 sends the signal to its parent process (the launcher)
+* ``signal_supervisor@3:SIGTERM`` after step 3, rank 0 sends the signal to ``launchers/supervise.py``
+* ``signal_in_save@3:SIGTERM[:RANK]`` RANK sends itself the signal inside the save of step 3 (a second notice)
 * ``kill_in_save@3[:RANK]``      RANK dies by SIGKILL inside the save of step 3, after DeepSpeed's files and
                                  before COMPLETE (a kill inside a save, on purpose)
 
@@ -19,7 +21,7 @@ import os
 import signal
 
 ENV = "AST_DS_FAULTS"
-KINDS = ("nan_loss", "data_error", "signal", "signal_parent", "kill_in_save")
+KINDS = ("nan_loss", "data_error", "signal", "signal_parent", "signal_supervisor", "signal_in_save", "kill_in_save")
 
 
 class Faults:
@@ -48,7 +50,11 @@ class Faults:
             raise OSError(f"injected read error (${ENV}) at step {step} on rank {rank}")
 
     def in_save(self, step: int, rank: int) -> None:
-        if self.entries and self._match("kill_in_save", step, rank, 0):
+        if not self.entries:
+            return
+        for args in self._match("signal_in_save", step, rank, 1):
+            os.kill(os.getpid(), getattr(signal, args[0]))
+        if self._match("kill_in_save", step, rank, 0):
             os.kill(os.getpid(), signal.SIGKILL)
 
     def after_step(self, step: int, rank: int) -> None:
@@ -59,3 +65,7 @@ class Faults:
         if rank == 0:
             for args in self._match("signal_parent", step, rank, 1):
                 os.kill(os.getppid(), getattr(signal, args[0]))
+            for args in self._match("signal_supervisor", step, rank, 1):
+                from ast_ds.supervise import ENV_PID
+
+                os.kill(int(os.environ[ENV_PID]), getattr(signal, args[0]))

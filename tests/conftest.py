@@ -26,8 +26,9 @@ def run_torchrun(script: str, nproc: int, args: list[str], *, timeout: int = 600
     env = dict(os.environ, DS_ACCELERATOR="cpu", OMP_NUM_THREADS="1", PYTHONPATH=ROOT, TOKENIZERS_PARALLELISM="false",
                PYTHONWARNINGS="ignore::FutureWarning,ignore::UserWarning,ignore::DeprecationWarning")
     script = os.path.join(ROOT, "tests", "dist", script)  # join keeps an absolute path as is
-    if launcher == "deepspeed":  # the launcher users run; it sets LOCAL_SIZE, not torchrun's LOCAL_WORLD_SIZE
-        cmd = [os.path.join(os.path.dirname(sys.executable), "deepspeed"), f"--num_gpus={nproc}",
+    if launcher in ("deepspeed", "supervised"):  # the launcher users run; it sets LOCAL_SIZE, not LOCAL_WORLD_SIZE
+        wrap = [sys.executable, os.path.join(ROOT, "launchers", "supervise.py"), "--"] if launcher == "supervised" else []
+        cmd = [*wrap, os.path.join(os.path.dirname(sys.executable), "deepspeed"), f"--num_gpus={nproc}",
                f"--master_port={free_port()}", script, *args]
     else:
         cmd = [sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={nproc}",

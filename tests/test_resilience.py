@@ -75,8 +75,10 @@ def uninterrupted(ws):
 @pytest.mark.multiprocess
 def test_a_signal_on_one_rank_saves_that_step_everywhere_and_resume_is_exact(ws, uninterrupted):
     out = ws["root"] / "usr1"
-    proc = train(ws, out, faults="signal@3:SIGUSR1:1")  # only rank 1 is signalled, after step 3
+    # only rank 1 is signalled, after step 3; a second notice reaches every rank inside that save
+    proc = train(ws, out, faults="signal@3:SIGUSR1:1;signal_in_save@3:SIGUSR1")
     assert proc.returncode == 0
+    assert "received SIGUSR1 again: ignored" in proc.stderr + proc.stdout
     assert "preempted" in proc.stderr + proc.stdout and "--resume auto" in proc.stderr + proc.stdout
     assert sorted(metrics(out)) == [1, 2, 3]
     assert os.path.isfile(os.path.join(tag(out, 3), COMPLETE))
@@ -99,6 +101,52 @@ def test_sigterm_through_the_deepspeed_launcher(ws, uninterrupted):
     assert "exits with return code" not in log  # no rank failed: the launcher's 1 is its own SIGTERM policy
     train(ws, out, "--resume", "auto")
     assert tensors_equal(fp32(uninterrupted, STEPS), fp32(out, STEPS))
+
+
+@pytest.mark.multiprocess
+def test_sigterm_to_the_supervised_deepspeed_launcher_saves_and_exits_0(ws, uninterrupted):
+    """launchers/supervise.py hands the signal to the ranks only: they save the step they are in and
+    exit 0, so DeepSpeed's launcher (not signalled) and the supervisor exit 0 too."""
+    out = ws["root"] / "supervised"
+    proc = train(ws, out, faults="signal_supervisor@3:SIGTERM", launcher="supervised", check=False)
+    log = proc.stderr + proc.stdout
+    assert proc.returncode == 0, log[-3000:]
+    assert "SIGTERM: forwarded to 2 rank process(es)" in log and "preempted (SIGTERM)" in log
+    saved = sorted(metrics(out))[-1]
+    assert 3 <= saved < STEPS and os.path.isfile(os.path.join(tag(out, saved), COMPLETE))
+    train(ws, out, "--resume", "auto")
+    assert tensors_equal(fp32(uninterrupted, STEPS), fp32(out, STEPS))
+
+
+def test_the_supervisor_finds_the_rank_processes_and_returns_their_exit_code(tmp_path):
+    """A fake launcher (a parent without LOCAL_RANK, two ranks with it, a worker below a rank): SIGUSR1
+    to the supervisor reaches the two ranks only; the exit code is the launcher's."""
+    import subprocess
+    import sys
+
+    rank = ("import os, signal, subprocess, sys, time\n"
+            "signal.signal(signal.SIGUSR1, lambda *a: open(os.environ['OUT'] + '/got' + os.environ['LOCAL_RANK'], 'w').close() or sys.exit(0))\n"
+            "w = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(30)'], stderr=subprocess.DEVNULL)\n"
+            "open(os.environ['OUT'] + '/ready' + os.environ['LOCAL_RANK'], 'w').close()\n"
+            "time.sleep(30)\n")
+    launcher = ("import os, signal, subprocess, sys, time\n"
+                "signal.signal(signal.SIGUSR1, lambda *a: sys.exit(9))  # a launcher that must not be signalled\n"
+                f"ps = [subprocess.Popen([sys.executable, '-c', {rank!r}], env=dict(os.environ, LOCAL_RANK=str(r))) for r in (0, 1)]\n"
+                "sys.exit(max(p.wait() for p in ps) + 3)\n")
+    env = {k: v for k, v in os.environ.items() if k != "LOCAL_RANK"}
+    env["OUT"] = str(tmp_path)
+    proc = subprocess.Popen([sys.executable, os.path.join(ROOT, "launchers", "supervise.py"), "--signals", "SIGUSR1",
+                             "--", sys.executable, "-c", launcher], env=env, stderr=subprocess.PIPE, text=True)
+    import time
+
+    deadline = time.time() + 60
+    while not all((tmp_path / f"ready{r}").exists() for r in (0, 1)) and time.time() < deadline:
+        time.sleep(0.1)
+    proc.send_signal(__import__("signal").SIGUSR1)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 3, err  # the ranks exited 0 after the signal, the launcher added its 3
+    assert (tmp_path / "got0").exists() and (tmp_path / "got1").exists()
+    assert "SIGUSR1: forwarded to 2 rank process(es)" in err
 
 
 @pytest.mark.multiprocess
