@@ -52,6 +52,9 @@ class DenseTraining:
     def load_state_dict(self, state) -> None:
         pass
 
+    def load_resharded(self, states: list) -> None:
+        pass
+
     def after_restore(self) -> None:
         pass
 
@@ -127,6 +130,10 @@ class SparseTraining:
 
     def load_state_dict(self, state: dict) -> None:
         self.masks.load_state_dict(state)
+
+    def load_resharded(self, states: list[dict]) -> None:
+        """From every saved rank's state, at another world size (see ``ShardedMasks.load_resharded``)."""
+        self.masks.load_resharded(states)
 
     def after_restore(self) -> None:
         """Collective, once every rank restored its state: rewrite W ⊙ m into the working weights (the

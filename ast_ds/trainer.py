@@ -7,7 +7,8 @@
 4. student: partitioned at construction under ZeRO-3, wrapped by DeepSpeed with that optimizer
 5. teacher: the frozen dense model for KD (``ast_ds.teacher``; a no-op counterpart without KD)
 6. reference losses for dynamic domain weights
-7. checkpoints: one manager given every stateful component; resume
+7. checkpoints: one manager given every stateful component (``build`` ends here); resume, on the
+   saved number of ranks or another (re-partitioned exactly)
 8. the loop: KD loss, step, metrics, per-domain eval, domain-weight updates, checkpoints
 
 Launched by ``deepspeed launchers/train.py --ds_config ds_configs/zero3.json --recipe llama2_7b ...``.
@@ -126,8 +127,8 @@ def _build_data(cfg: TrainConfig, corpus: Corpus):
     updater = DomainWeightUpdater(mode=cfg.data.weights_mode, domains=domains,
                                   weights=cfg.data.weights or {d: corpus.rows(d, "train") for d in domains},
                                   eta=cfg.data.eta, smoothing=cfg.data.smoothing, update_every=cfg.data.update_every)
-    loader = MultiDomainLoader(corpus, domains=domains, split="train", micro_batch=cfg.micro_batch, weights=updater,
-                               seed=cfg.seed)
+    loader = MultiDomainLoader(corpus, domains=domains, split="train", micro_batch=cfg.micro_batch,
+                               global_batch=cfg.global_batch, weights=updater, seed=cfg.seed)
     return updater, loader
 
 
@@ -170,9 +171,19 @@ def _attach_ref_losses(cfg: TrainConfig, updater, measure_teacher) -> None:
 
 
 # ---------------------------------------------------------------------------------------------------- the story
-def train(cfg: TrainConfig, *, ds_config_path: str, resume: str | None = None, stop_at: int | None = None) -> dict:
-    """Train per ``cfg``; ``stop_at`` ends the run early after a checkpoint at that step (the schedule
-    stays that of ``cfg.total_steps``), as a preempted or time-limited job would."""
+@dataclass
+class Run:
+    """Everything ``train`` builds before the loop (phases 1-7): the engine, the components, their
+    checkpoint manager and the loop over them."""
+
+    engine: object
+    counters: TrainCounters
+    checkpoints: object  # CheckpointManager
+    loop: "_Loop"
+
+
+def build(cfg: TrainConfig, *, ds_config_path: str) -> Run:
+    """Phases 1-7 on every rank: set-up, data, sparsity, student, teacher, reference losses, checkpoints."""
     from ast_ds.checkpoint.manager import CheckpointManager, RNGState
     from ast_ds.teacher import build_teacher
 
@@ -194,19 +205,27 @@ def train(cfg: TrainConfig, *, ds_config_path: str, resume: str | None = None, s
     checkpoints = CheckpointManager(cfg.out_dir, engine=engine, meta=meta, keep_last=cfg.keep_last,
                                     shared={TRAINER: counters, DOMAIN_WEIGHTS: updater},
                                     per_rank={SPARSITY: sparse, LOADER: loader, RNG: RNGState()})
-    restored = checkpoints.resume(resume)
+    loop = _Loop(cfg, engine=engine, schedule=schedule, loader=loader, teacher=teacher, sparse=sparse,
+                 updater=updater, counters=counters, evaluate=lambda: evaluate(engine), vocab=vocab)
+    return Run(engine, counters, checkpoints, loop)
+
+
+def train(cfg: TrainConfig, *, ds_config_path: str, resume: str | None = None, stop_at: int | None = None) -> dict:
+    """Train per ``cfg``; ``stop_at`` ends the run early after a checkpoint at that step (the schedule
+    stays that of ``cfg.total_steps``), as a preempted or time-limited job would."""
+    run = build(cfg, ds_config_path=ds_config_path)
+    counters, checkpoints = run.counters, run.checkpoints
+    restored = checkpoints.resume(resume)  # the same or another number of ranks
     if restored:
         log.info("resumed from %s at step %d", restored, counters.step)
 
     def save():  # never a checkpoint with a non-finite weight: the last good one stays the newest
-        if not collectives.agree(weights_finite(engine)):
+        if not collectives.agree(weights_finite(run.engine)):
             raise NonFiniteError(f"step {counters.step}: a weight is not finite, so no checkpoint was written; the "
                                  f"last good checkpoint is {checkpoints.last_good() or 'none'}")
         checkpoints.save(counters.step)
 
-    loop = _Loop(cfg, engine=engine, schedule=schedule, loader=loader, teacher=teacher, sparse=sparse,
-                 updater=updater, counters=counters, evaluate=lambda: evaluate(engine), vocab=vocab)
-    ended = loop.run(stop_at=stop_at, save=save, last_good=checkpoints.last_good)
+    ended = run.loop.run(stop_at=stop_at, save=save, last_good=checkpoints.last_good)
     final = os.path.join(checkpoints_dir(cfg.out_dir), tag_name(counters.step))
     if ended.startswith("preempted"):
         log.info("%s at step %d: checkpoint %s is complete; resume with --resume auto (same command)", ended,
@@ -226,12 +245,13 @@ class _Loop:
         self.evaluate, self.vocab = evaluate, vocab
         self.rank, self.world = collectives.rank_world()
         self.grad_accum = cfg.grad_accum(self.world)
-        self.metrics = MetricsLogger(cfg.out_dir, enabled=self.rank == 0, resume_step=counters.step)
         self.nonfinite, self.faults = NonFiniteGuard(cfg.max_nonfinite_steps), Faults()
 
     def run(self, *, stop_at: int | None, save, last_good) -> str:
         """Train to the end, to ``stop_at``, or to an agreed preemption; save; return how it ended."""
         cfg, c = self.cfg, self.counters
+        # opened here, after any resume: rows past the restored step (from a run cut short) are dropped
+        self.metrics = MetricsLogger(cfg.out_dir, enabled=self.rank == 0, resume_step=c.step)
         log.info("training %s: %d steps, %d ranks x micro batch %d x %d accumulation, seq %d, %s", cfg.mode,
                  cfg.total_steps, self.world, cfg.micro_batch, self.grad_accum, self.loader.seq_len, cfg.precision)
         self.engine.train()

@@ -128,7 +128,7 @@ def test_a_rank_file_of_an_older_version(tmp_path):
     torch.save({"loader": {}, "rng": torch.get_rng_state(), "sparsity": None}, rank_file(str(tmp_path), 0))
     manager = CheckpointManager(str(tmp_path), engine=None, shared={}, per_rank={"loader": None}, meta={},
                                 keep_last=1)
-    state, error = manager._read_rank_state(str(tmp_path))
+    state, error = manager._read_rank_state(str(tmp_path), 0)
     assert state is None and "format 1" in error and "older" in error
 
 

@@ -90,18 +90,48 @@ def test_resume_is_exact(world_size):
         assert same_batches(run(b, 60), rest)
 
 
-def test_two_ranks_agree_on_domains_and_read_disjoint_rows():
+def global_batches(world_size: int, steps: int, *, micro_batch: int, global_batch: int, state=None, **make):
+    """Each step's global batch as (rows, domains), the ranks' micro-batches put in position order."""
+    loaders = [MultiDomainLoader(rank=r, world_size=world_size, micro_batch=micro_batch, global_batch=global_batch,
+                                 **make) for r in range(world_size)]
+    if state is not None:
+        for loader in loaders:
+            loader.load_state_dict(state)
+    accum = global_batch // (micro_batch * world_size)
+    out = []
+    for _ in range(steps):
+        micro = [[loader.next_batch() for loader in loaders] for _ in range(accum)]  # [k][r] = position k·W + r
+        flat = [b for round_ in micro for b in round_]
+        out.append((rows_of(flat), torch.cat([b["domain"] for b in flat]).tolist()))
+    return out, loaders[0].state_dict()
+
+
+def test_the_global_batches_do_not_depend_on_the_world_size():
     out = prepared()
-    make = dict(corpus=Corpus(out), micro_batch=5, seed=9, world_size=2)
-    r0, r1 = (MultiDomainLoader(rank=r, **make) for r in (0, 1))
-    b0, b1 = run(r0, 12), run(r1, 12)
-    assert all(x["domain"].equal(y["domain"]) for x, y in zip(b0, b1))
-    assert not set(rows_of(b0)) & set(rows_of(b1))
-    # single domain: two ranks together read every row of an epoch once (an odd leftover row is skipped)
-    one = dict(corpus=Corpus(out), domains=["books"], micro_batch=1, seed=3, world_size=2)
+    make = dict(corpus=Corpus(out), seed=9, weights={"wiki": 1, "code": 2, "books": 1})
+    one, _ = global_batches(1, 10, micro_batch=12, global_batch=12, **make)
+    for world, micro in ((2, 3), (3, 2), (4, 3)):
+        many, _ = global_batches(world, 10, micro_batch=micro, global_batch=12, **make)
+        assert many == one, world
+    # every rank reads disjoint rows; a single domain is read once per epoch, nothing skipped
+    rows = [r for batch, _ in one for r in batch]
+    books = dict(corpus=Corpus(out), domains=["books"], seed=3)
     n = len(all_rows(out, "books"))
-    both = [row for r in (0, 1) for row in rows_of(run(MultiDomainLoader(rank=r, **one), n // 2))]
-    assert len(set(both)) == n // 2 * 2 and set(both) <= set(all_rows(out, "books"))
+    per_epoch, _ = global_batches(3, n, micro_batch=1, global_batch=3, **books)
+    first = [r for batch, _ in per_epoch for r in batch][:n]
+    assert sorted(first) == sorted(all_rows(out, "books")) and len(rows) == 120
+
+
+def test_resume_on_another_world_size_reads_what_the_uninterrupted_run_at_that_size_reads():
+    out = prepared()
+    make = dict(corpus=Corpus(out), seed=2, weights={"wiki": 1, "code": 1, "books": 3})
+    full3, _ = global_batches(3, 9, micro_batch=2, global_batch=12, **make)
+    _, state = global_batches(2, 4, micro_batch=3, global_batch=12, **make)  # 4 steps on 2 ranks, saved
+    state = json.loads(json.dumps(state))
+    rest3, _ = global_batches(3, 5, micro_batch=2, global_batch=12, state=state, **make)  # resumed on 3
+    assert rest3 == full3[4:]
+    with pytest.raises(ValueError, match="global_batch"):
+        MultiDomainLoader(micro_batch=2, global_batch=10, rank=0, world_size=3, **make)
 
 
 def test_eval_batches_shares():
@@ -156,20 +186,17 @@ def test_two_ranks_under_torchrun():
     run_torchrun("data_loader_worker.py", 2, ["--data_dir", out, "--out", results], timeout=300)
     r0, r1 = (json.load(open(os.path.join(results, f"rank{r}.json"))) for r in (0, 1))
     assert r0["world"] == r1["world"] == 2 and r0["resume_equal"] and r1["resume_equal"]
-    assert r0["domain"] == r1["domain"]  # same domain sequence on every rank
-    domain_seq = [d for b in r0["domain"] for d in b]
-    rows0 = [tuple(r) for b in r0["rows"] for r in b]
-    rows1 = [tuple(r) for b in r1["rows"] for r in b]
-    wrapped = 0
-    for d, name in enumerate(r0["domains"]):
-        per_epoch = len(all_rows(out, name)) // 2  # rows per rank and epoch
-        mine = [[rows[i] for i, x in enumerate(domain_seq) if x == d] for rows in (rows0, rows1)]
-        for start in range(0, len(mine[0]), per_epoch):
-            e0, e1 = (set(m[start:start + per_epoch]) for m in mine)
-            # within an epoch of a domain, the ranks read distinct, disjoint rows
-            assert not e0 & e1 and len(e0) == len(e1) == len(mine[0][start:start + per_epoch])
-            wrapped += start > 0
-    assert wrapped  # the run crossed at least one epoch boundary
+    # the two ranks' micro-batches are the halves of one global batch: what one process reads at micro 8
+    make = dict(corpus=Corpus(out), micro_batch=8, seed=5, weights={"wiki": 1, "code": 1, "books": 2})
+    single = MultiDomainLoader(rank=0, world_size=1, **make)
+    for step in range(len(r0["rows"])):
+        if step == 5:
+            single.domain_weights.set_weights({"wiki": 1, "code": 3, "books": 1})
+        b = single.next_batch()
+        assert b["input_ids"].tolist() == r0["rows"][step] + r1["rows"][step]
+        assert b["domain"].tolist() == r0["domain"][step] + r1["domain"][step]
+    first0, first1 = ({tuple(r) for b in rr["rows"][:2] for r in b} for rr in (r0, r1))
+    assert len(first0) == len(first1) == 8 and not first0 & first1  # disjoint (no domain wrapped yet)
     ev0, ev1 = ([tuple(r) for b in r["eval"] for r in b] for r in (r0, r1))
     want = all_rows(out, "code", "eval")
     assert len(ev0) == len(ev1) and sorted(ev0 + ev1) == sorted(want[:len(want) // 2 * 2])

@@ -62,6 +62,16 @@ def rank_file(tag_dir: str, rank: int) -> str:
     return os.path.join(tag_dir, f"trainer_rank{rank:05d}.pt")
 
 
+def ds_model_file(tag_dir: str, rank: int) -> str:
+    """DeepSpeed's per-rank ZeRO-3 model-states file (param shapes, buffers, lr schedule, client_state)."""
+    return os.path.join(tag_dir, f"zero_pp_rank_{rank}_mp_rank_00_model_states.pt")
+
+
+def ds_optim_file(tag_dir: str, rank: int) -> str:
+    """DeepSpeed's per-rank ZeRO-3 optimizer file (this rank's fp32 flat partitions and optimizer state)."""
+    return os.path.join(tag_dir, f"zero_pp_rank_{rank}_mp_rank_00_optim_states.pt")
+
+
 def is_complete(tag_dir: str) -> bool:
     return os.path.isfile(os.path.join(tag_dir, COMPLETE))
 

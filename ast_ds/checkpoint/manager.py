@@ -56,6 +56,11 @@ class RNGState:
         if state.get("cuda") is not None and torch.cuda.is_available():
             torch.cuda.set_rng_state(state["cuda"])
 
+    def load_resharded(self, states: list[dict]) -> None:
+        """At another world size, rank r continues saved rank r mod W's generators (no uninterrupted
+        run at the new size has this exact state; nothing in training draws from them but dropout)."""
+        self.load_state_dict(states[collectives.rank_world()[0] % len(states)])
+
 
 class CheckpointManager:
     def __init__(self, run_dir: str, *, engine, shared: dict[str, Stateful], per_rank: dict[str, Stateful],
@@ -128,9 +133,12 @@ class CheckpointManager:
         return tag_dir
 
     def load(self, tag_dir: str) -> None:
-        """Restore the engine and every component from ``tag_dir``. Collective."""
-        self._check_meta(tag_dir)
-        rank_state, error = self._read_rank_state(tag_dir)
+        """Restore the engine and every component from ``tag_dir``. Collective. A checkpoint of another
+        world size is re-partitioned on the fly (:meth:`_load_repartitioned`)."""
+        saved_world = self._check_meta(tag_dir)
+        if saved_world != collectives.rank_world()[1]:
+            return self._load_repartitioned(tag_dir, saved_world)
+        rank_state, error = self._read_rank_state(tag_dir, collectives.rank_world()[0])
         # agree before the collective load: a rank raising alone would leave the others waiting in it
         if not collectives.agree(error is None):
             raise CheckpointError(f"{error or 'another rank cannot read its trainer state'} in {tag_dir}; the "
@@ -143,12 +151,57 @@ class CheckpointManager:
                                   f"corrupted or from another configuration") from None
         if load_path is None:
             raise CheckpointError(f"DeepSpeed found no checkpoint files in {tag_dir}")
+        self._restore_components(tag_dir, client_state,
+                                 lambda key, component: component.load_state_dict(rank_state[key]))
+
+    def _load_repartitioned(self, tag_dir: str, saved_world: int) -> None:
+        """Resume a checkpoint of ``saved_world`` ranks on this run's number of ranks: every rank reads the
+        elements of its new slices from all saved ranks' files (``ast_ds.zero.repartition``) and every saved
+        rank's component states (``load_resharded``); nothing is converted on disk."""
+        from ast_ds.checkpoint.zero3_files import Zero3Files
+        from ast_ds.zero.adapter import write_masters_to_working
+        from ast_ds.zero.repartition import fill_partitions
+
+        rank, world = collectives.rank_world()
+        if rank == 0:
+            log.info("%s was saved by %d ranks; resuming on %d: re-partitioning the fp32 masters, optimizer "
+                     "moments, masks and loader position from the saved files (exact, nothing recomputed)",
+                     tag_dir, saved_world, world)
+        states, files, error = [], None, None
+        for r in range(saved_world):
+            state, error = self._read_rank_state(tag_dir, r)
+            if error:
+                break
+            states.append(state)
+        if error is None:
+            try:
+                files = Zero3Files(tag_dir, saved_world)
+            except CheckpointError as e:
+                error = str(e)
+        if not collectives.agree(error is None):
+            raise CheckpointError(f"{error or 'another rank cannot read the saved files'} in {tag_dir}; resume from "
+                                  f"an earlier tag, or on {saved_world} ranks")
+        missing = [key for key, c in self.per_rank.items() if not hasattr(c, "load_resharded")]
+        if missing:
+            raise CheckpointError(f"the components {missing} cannot be resumed on another number of ranks; resume "
+                                  f"{tag_dir} on {saved_world} ranks")
+        error = None
+        try:
+            fill_partitions(self.engine, files)  # local
+        except (CheckpointError, KeyError, ValueError, IndexError, RuntimeError) as e:
+            error = CheckpointError(f"cannot re-partition {tag_dir} onto {world} ranks ({type(e).__name__}: {e})")
+        collectives.raise_if_any(error, what=f"re-partitioning {tag_dir}")
+        write_masters_to_working(self.engine.optimizer)  # collective; the masks re-apply theirs in after_restore
+        self._restore_components(tag_dir, files.client_state(),
+                                 lambda key, component: component.load_resharded([s[key] for s in states]))
+
+    def _restore_components(self, tag_dir: str, client_state: dict, load_per_rank) -> None:
         error = None
         try:  # local loads only; a state that does not fit this run fails on every rank together
             for key, component in self.shared.items():
                 component.load_state_dict(client_state[key])
             for key, component in self.per_rank.items():
-                component.load_state_dict(rank_state[key])
+                load_per_rank(key, component)
         except (KeyError, ValueError, TypeError, IndexError) as e:
             error = CheckpointError(f"{tag_dir}: the saved state does not fit this run ({type(e).__name__}: {e}); "
                                     f"resume with the settings it was saved with")
@@ -157,19 +210,17 @@ class CheckpointManager:
             if hasattr(component, "after_restore"):
                 component.after_restore()
 
-    def _check_meta(self, tag_dir: str) -> None:
+    def _check_meta(self, tag_dir: str) -> int:
+        """Refuse a checkpoint of other settings; return the number of ranks that saved it."""
         meta = read_meta(tag_dir)
-        world = collectives.rank_world()[1]
-        if meta.get(META_WORLD_SIZE) != world:
-            raise CheckpointError(f"{tag_dir} was saved by {meta.get(META_WORLD_SIZE)} ranks, this run has {world}; "
-                                  f"resume with the same number of processes")
         for key, value in self.meta.items():
             if meta.get(key) != value:
                 raise CheckpointError(f"{tag_dir}: saved {key}={meta.get(key)!r} but this run has {value!r}; resume "
                                       f"with the same settings")
+        return int(meta.get(META_WORLD_SIZE) or 0)
 
-    def _read_rank_state(self, tag_dir: str) -> tuple[dict | None, str | None]:
-        path = rank_file(tag_dir, collectives.rank_world()[0])
+    def _read_rank_state(self, tag_dir: str, rank: int) -> tuple[dict | None, str | None]:
+        path = rank_file(tag_dir, rank)
         try:
             state = torch.load(path, map_location="cpu", weights_only=False)
         except Exception as e:  # noqa: BLE001 - any unpickling failure means a corrupted file

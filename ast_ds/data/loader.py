@@ -4,20 +4,28 @@ One mosaicml-streaming ``StreamingDataset`` per domain and split (``Corpus.split
 a local folder, or a remote URL with a local cache (``ast_ds.data.corpus``); shards are fetched when a
 row in them is first read. Rows are read by index; the order is ours:
 
-- **Which domain each row comes from**: for every micro-batch, ``micro_batch`` draws from the current
-  weights (read from their owner, the ``DomainWeightUpdater``) with one PCG64 generator seeded by
-  ``seed``. Every rank draws the same sequence, so every rank's micro-batch has the same domain
-  composition and the per-domain positions stay in step.
-- **Which row of a domain**: per domain and epoch, a permutation of its rows seeded by (seed, domain
-  name, epoch). A global cursor walks it; rank r of W takes ``perm[cursor + r]`` and the cursor moves
-  by W. Ranks (on every node: the rank is global) therefore read disjoint rows. When fewer than W rows
-  are left, the domain starts its next epoch with a new permutation (the < W leftover rows of that
-  epoch are skipped); a domain cycles on its own, independent of the others.
+The stream is defined per **global batch** (``global_batch`` rows: every rank's micro-batches of
+one optimizer step together) and does not depend on the world size:
 
-The whole state (generator state, per-domain cursor and epoch) is a few hundred bytes; a loader
-restored from ``state_dict()``, with its weights' owner restored from its own, yields exactly the
-batches the uninterrupted one would.
-Restoring at another world size is allowed: no row repeats within an epoch, but the batches differ.
+- **Which domain each row comes from**: at the start of a global batch, ``global_batch`` draws from
+  the current weights (read from their owner, the ``DomainWeightUpdater``) with one PCG64 generator
+  seeded by ``seed``. Every rank draws the same sequence.
+- **Which row of a domain**: per domain and epoch, a permutation of its rows seeded by (seed, domain
+  name, epoch). The draws of a global batch take the next rows of their domain's permutation in
+  order (a domain that runs out starts its next epoch with a new permutation; no row is skipped);
+  a domain cycles on its own, independent of the others.
+- **Which rank reads what**: micro-batch k of rank r of W is positions ``[(k·W + r)·B, (k·W + r + 1)·B)``
+  of the global batch (B = ``micro_batch``). Ranks (on every node: the rank is global) read disjoint
+  rows, and together exactly the global batch.
+
+So the global batches, and the per-domain positions after each of them, are the same at any world
+size (only which rank reads which row differs): a run resumed on another number of ranks reads
+exactly the rows the uninterrupted run at that size would, none twice and none skipped.
+
+The whole state (generator state, per-domain cursor and epoch at the start of the current global
+batch, and the micro-batches of it already read) is a few hundred bytes; a loader restored from
+``state_dict()``, with its weights' owner restored from its own, yields exactly the batches the
+uninterrupted one would, at the same or another world size (a state taken between optimizer steps).
 
 We use streaming for reading, caching and remote download, not its iteration, because its stream
 weights are fixed at construction (no mid-epoch re-weighting) and its resume state counts samples
@@ -45,7 +53,7 @@ from ast_ds.data.packing import domain_seed
 
 logger = logging.getLogger(__name__)
 
-STATE_VERSION = 2  # 2: the domain weights moved to their owner, the DomainWeightUpdater
+STATE_VERSION = 3  # 2: the domain weights moved to their owner; 3: the stream is per global batch
 
 
 def _to_batch(rows: np.ndarray, domain: np.ndarray) -> dict[str, torch.Tensor]:
@@ -57,13 +65,15 @@ class MultiDomainLoader:
     """Infinite micro-batches ``{"input_ids": LongTensor[B, T], "domain": LongTensor[B]}`` mixed by weight.
 
     ``domains`` (default: all, in manifest order) fixes the domain index used in ``batch["domain"]``.
-    ``weights`` is the owner of the domain weights, a :class:`DomainWeightUpdater` over the same domains
+    ``global_batch`` (default ``micro_batch`` × world size) is the rows of one optimizer step over all
+    ranks; a multiple of ``micro_batch`` × world size. ``weights`` is the owner of the domain weights, a :class:`DomainWeightUpdater` over the same domains
     (the trainer's, which changes them between batches), or a mapping for constant weights, or None for
     weights proportional to each domain's rows; the loader only reads them (``domain_weights``).
     """
 
     def __init__(self, corpus: Corpus, *, domains: list[str] | None = None, split: str = "train",
-                 micro_batch: int, weights: DomainWeightUpdater | dict[str, float] | None = None, seed: int = 0,
+                 micro_batch: int, global_batch: int | None = None,
+                 weights: DomainWeightUpdater | dict[str, float] | None = None, seed: int = 0,
                  rank: int | None = None, world_size: int | None = None):
         if split not in SPLITS:
             raise ValueError(f"split={split!r} must be one of {SPLITS}")
@@ -75,12 +85,16 @@ class MultiDomainLoader:
             raise ValueError(f"domains={self.domains}: need at least one, without repeats")
         self.seq_len, self.vocab_size = corpus.seq_len, corpus.vocab_size
         self.rank, self.world_size = rank_world(rank, world_size)
+        per_round = self.micro_batch * self.world_size
+        self.global_batch = per_round if global_batch is None else int(global_batch)
+        if self.global_batch < 1 or self.global_batch % per_round:
+            raise ValueError(f"global_batch={global_batch} must be a positive multiple of micro_batch x world size "
+                             f"= {self.micro_batch} x {self.world_size}")
         rows = {d: corpus.rows(d, split) for d in self.domains}
         self._readers = [corpus.split(d, split) for d in self.domains]
         for d, reader in zip(self.domains, self._readers):
-            if len(reader) < self.world_size:
-                raise ValueError(f"domain {d!r} {split} split has {len(reader)} rows, fewer than the "
-                                 f"{self.world_size} ranks; prepare more data or leave the domain out")
+            if len(reader) == 0:
+                raise ValueError(f"domain {d!r} {split} split has no rows; prepare more data or leave the domain out")
         if not isinstance(weights, DomainWeightUpdater):
             weights = DomainWeightUpdater(domains=self.domains, weights=rows if weights is None else weights)
         if weights.domains != self.domains:
@@ -91,6 +105,9 @@ class MultiDomainLoader:
         self._epoch = [0] * len(self.domains)
         self._perms: dict[int, tuple[int, np.ndarray]] = {}
         self.batches = 0
+        self._plan: tuple[np.ndarray, np.ndarray] | None = None  # (domain, row) of every row of the global batch
+        self._start: dict | None = None  # generator, cursors and epochs before the plan was drawn
+        self._read = 0  # micro-batches of the current global batch this rank has read
 
     @property
     def weights(self) -> dict[str, float]:
@@ -103,19 +120,31 @@ class MultiDomainLoader:
             yield self.next_batch()
 
     def next_batch(self) -> dict[str, torch.Tensor]:
-        domain = self._rng.choice(len(self.domains), size=self.micro_batch, p=self.domain_weights.probabilities)
-        rows = np.stack([self._readers[d].rows([self._take(d)])[0] for d in domain])
+        if self._plan is None:
+            self._draw_plan()
+        domains, rows = self._plan
+        lo = (self._read * self.world_size + self.rank) * self.micro_batch
+        mine = slice(lo, lo + self.micro_batch)
+        batch = np.stack([self._readers[d].rows([int(i)])[0] for d, i in zip(domains[mine], rows[mine])])
         self.batches += 1
-        return _to_batch(rows, domain)
+        self._read += 1
+        if self._read * self.world_size * self.micro_batch == self.global_batch:
+            self._plan, self._start, self._read = None, None, 0
+        return _to_batch(batch, domains[mine])
+
+    def _draw_plan(self) -> None:
+        """The domains and rows of the next global batch (the same on every rank)."""
+        self._start = self._position()
+        domains = self._rng.choice(len(self.domains), size=self.global_batch, p=self.domain_weights.probabilities)
+        self._plan = (domains, np.array([self._take(int(d)) for d in domains], dtype=np.int64))
 
     def _take(self, d: int) -> int:
-        """This rank's next row index of domain ``d``; all ranks move the shared cursor by W."""
-        n = len(self._readers[d])
-        if self._cursor[d] + self.world_size > n:
+        """The next row index of domain ``d`` (the same on every rank)."""
+        if self._cursor[d] >= len(self._readers[d]):
             self._epoch[d] += 1
             self._cursor[d] = 0
-        index = int(self._permutation(d)[self._cursor[d] + self.rank])
-        self._cursor[d] += self.world_size
+        index = int(self._permutation(d)[self._cursor[d]])
+        self._cursor[d] += 1
         return index
 
     def _permutation(self, d: int) -> np.ndarray:
@@ -130,29 +159,49 @@ class MultiDomainLoader:
 
     # ---- checkpointing
 
+    def _position(self) -> dict:
+        return {"rng": self._rng.bit_generator.state, "cursor": dict(zip(self.domains, self._cursor)),
+                "epoch": dict(zip(self.domains, self._epoch))}
+
     def state_dict(self) -> dict:
-        """Small and JSON-serialisable: generator state, per-domain cursor and epoch (the weights are
-        their owner's state)."""
+        """Small and JSON-serialisable: generator state, per-domain cursor and epoch at the start of the
+        current global batch, and how many of its micro-batches this rank read (the weights are their
+        owner's state). Between optimizer steps it is the same on every rank and at every world size."""
+        position = self._position() if self._plan is None else self._start
         return {"version": STATE_VERSION, "domains": list(self.domains), "split": self.split, "seed": self.seed,
-                "world_size": self.world_size, "rng": self._rng.bit_generator.state,
-                "cursor": dict(zip(self.domains, self._cursor)), "epoch": dict(zip(self.domains, self._epoch)),
-                "batches": self.batches}
+                "global_batch": self.global_batch, "world_size": self.world_size, **position,
+                "read_in_batch": self._read, "batches": self.batches}
 
     def load_state_dict(self, state: dict) -> None:
         if state.get("version") != STATE_VERSION:
             raise ValueError(f"loader state version {state.get('version')!r}, this code reads {STATE_VERSION}")
-        for key in ("domains", "split", "seed"):
+        for key in ("domains", "split", "seed", "global_batch"):
             if state[key] != getattr(self, key):
                 raise ValueError(f"loader state has {key}={state[key]!r} but this loader has "
                                  f"{key}={getattr(self, key)!r}; build the loader as in the saved run")
-        if state["world_size"] != self.world_size and self.rank == 0:
-            logger.warning("loader state saved at world size %d, resumed at %d: rows stay disjoint and unrepeated "
-                           "within each epoch, but the batches differ from the uninterrupted run",
-                           state["world_size"], self.world_size)
+        read = int(state["read_in_batch"])
+        if read and state["world_size"] != self.world_size:
+            raise ValueError(f"loader state taken inside a global batch (after {read} micro-batches) at world size "
+                             f"{state['world_size']} cannot be resumed at {self.world_size}; save between steps")
         self._rng.bit_generator.state = state["rng"]
         self._cursor = [int(state["cursor"][d]) for d in self.domains]
         self._epoch = [int(state["epoch"][d]) for d in self.domains]
-        self.batches = int(state["batches"])
+        self.batches = int(state["batches"]) * int(state["world_size"]) // self.world_size  # this rank's micro-batches
+        self._plan, self._start, self._read = None, None, 0
+        if read:
+            self._draw_plan()
+            self._read = read
+
+
+    def load_resharded(self, states: list[dict]) -> None:
+        """Restore from every rank of a run saved at another world size: between optimizer steps their
+        states are the same but for the rank-local micro-batch count, so any one of them resumes the
+        stream exactly (module docstring)."""
+        drop = ("batches", "read_in_batch")
+        first = {k: v for k, v in states[0].items() if k not in drop}
+        if any({k: v for k, v in st.items() if k not in drop} != first for st in states[1:]):
+            raise ValueError("the saved ranks' loader states differ (saved inside an optimizer step?)")
+        self.load_state_dict(states[0])
 
 
 def eval_batches(corpus: Corpus, *, domain: str, micro_batch: int, max_batches: int | None = None,

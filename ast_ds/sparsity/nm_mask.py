@@ -165,3 +165,9 @@ def unpack_bits(packed: torch.Tensor, numel: int) -> torch.Tensor:
     shifts = torch.arange(8, dtype=torch.uint8, device=packed.device)
     bits = (packed.view(-1, 1) >> shifts) & 1
     return bits.view(-1)[:numel].bool()
+
+
+def unpack_bit_range(packed: torch.Tensor, start: int, numel: int) -> torch.Tensor:
+    """Bits ``[start, start + numel)`` of a :func:`pack_bits` tensor, unpacking only the bytes they are in."""
+    first, end = start // 8, -(-(start + numel) // 8)
+    return unpack_bits(packed[first:end], (end - first) * 8)[start - 8 * first: start - 8 * first + numel]

@@ -39,7 +39,7 @@ import torch.distributed as dist
 
 from ast_ds.collectives import all_reduce_floats, reduce_device
 from ast_ds.sparsity.flip import FlipCounter, reduce_flip_counts
-from ast_ds.sparsity.nm_mask import check_nm, nm_mask_flat, pack_bits, unpack_bits
+from ast_ds.sparsity.nm_mask import check_nm, nm_mask_flat, pack_bits, unpack_bit_range, unpack_bits
 
 
 @dataclass
@@ -69,6 +69,25 @@ class _SubGroup:
     @property
     def target_numel(self) -> int:
         return sum(s.length for s in self.segments)
+
+
+@torch.no_grad()
+def write_masters_to_working(zopt, after_sub_group=None) -> None:
+    """Copy every fp32 master partition into its parameter's working (16-bit or fp32) partition, call
+    ``after_sub_group(i)`` per sub-group (the masks zero their pruned positions there), and re-gather
+    the persistent parameters, as DeepSpeed's own step does. Collective: every rank calls."""
+    zopt._partition_all_parameters()
+    for i, params in enumerate(zopt.fp16_groups):
+        flat, offset = zopt.fp32_partitioned_groups_flat[i], 0
+        for p in params:
+            pn = p.partition_numel()
+            p.ds_tensor.data.view(-1).copy_(flat.narrow(0, offset, pn).to(p.ds_tensor.device))
+            offset += pn
+        if after_sub_group is not None:
+            after_sub_group(i)
+    if zopt.persistent_parameters:
+        zopt.persistent_parameters[0].all_gather(zopt.persistent_parameters)
+    zopt.invalidate_secondary_tensor()
 
 
 class ShardedMasks:
@@ -285,19 +304,7 @@ class ShardedMasks:
         """Write ``W ⊙ m`` from the fp32 masters into every working partition and re-gather persistent
         parameters (as DeepSpeed's own step does). Collective: every rank calls. Use it after
         :meth:`bind` (done there) and after loading a checkpoint."""
-        zopt = self._zopt
-        zopt._partition_all_parameters()
-        for i, sg in enumerate(self._by_index):
-            flat = zopt.fp32_partitioned_groups_flat[i]
-            offset = 0
-            for p in zopt.fp16_groups[i]:
-                pn = p.partition_numel()
-                p.ds_tensor.data.view(-1).copy_(flat.narrow(0, offset, pn).to(p.ds_tensor.device))
-                offset += pn
-            self._mask_working(i)
-        if zopt.persistent_parameters:
-            zopt.persistent_parameters[0].all_gather(zopt.persistent_parameters)
-        zopt.invalidate_secondary_tensor()
+        write_masters_to_working(self._zopt, after_sub_group=self._mask_working)
 
     # ------------------------------------------------------------------ metrics and state
     def flip_rates(self) -> dict[str, float]:
@@ -319,11 +326,12 @@ class ShardedMasks:
         zeros, total = all_reduce_floats([zeros, total])
         return zeros / total if total else 0.0
 
-    def local_masks(self) -> dict[str, tuple[int, torch.Tensor]]:
-        """``name -> (global_start, local keep slice)`` of this rank (for verification and tests)."""
+    def local_masks(self, initial: bool = False) -> dict[str, tuple[int, torch.Tensor]]:
+        """``name -> (global_start, local keep slice)`` of this rank, of the current masks or (``initial``)
+        the initial ones (for verification and tests)."""
         out = {}
         for sg in self._by_index:
-            keep, pos = unpack_bits(sg.packed, sg.target_numel), 0
+            keep, pos = unpack_bits(sg.initial if initial else sg.packed, sg.target_numel), 0
             for s in sg.segments:
                 out[s.name] = (s.global_start, keep[pos: pos + s.length].clone())
                 pos += s.length
@@ -354,3 +362,54 @@ class ShardedMasks:
             if sg.initial is not None and initial is not None:
                 sg.initial = initial.to(sg.initial.device)
         self._scratch = None
+
+    def load_resharded(self, states: list[dict]) -> None:
+        """Restore from the states of *every* rank of a run saved at another world size (or with
+        another sub-group layout): each element of this rank's slices comes from the saved rank that
+        held it, for the current and the initial masks; nothing is recomputed from the weights. Local."""
+        pieces: dict[str, list] = {}
+        for st in states:
+            if (st["n"], st["m"]) != (self.n, self.m):
+                raise ValueError(f"the saved masks are {st['n']}:{st['m']}, this run trains {self.n}:{self.m}")
+            for layout, packed, initial in zip(st["layout"], st["packed"], st["initial"]):
+                pos = 0
+                for name, start, length in layout:
+                    pieces.setdefault(name, []).append((int(start), int(length), packed, initial, pos))
+                    pos += int(length)
+        for sg in self._by_index:
+            current, initial = [], []
+            for s in sg.segments:
+                cur, ini = _gather_bits(pieces.get(s.name, []), s.name, s.global_start, s.length,
+                                        initial=sg.initial is not None)
+                current.append(cur)
+                initial.append(ini)
+            device = sg.packed.device
+            sg.packed = pack_bits(torch.cat(current) if current else torch.zeros(0, dtype=torch.bool)).to(device)
+            if sg.initial is not None:
+                sg.initial = pack_bits(torch.cat(initial) if initial else torch.zeros(0, dtype=torch.bool)).to(device)
+        self._scratch = None
+
+
+def _gather_bits(pieces: list, name: str, start: int, length: int, *, initial: bool):
+    """Elements ``[start, start + length)`` of ``name``'s current (and initial) keep-mask, from the saved
+    slices ``(slice start, slice length, packed, packed initial, bit position in packed)``; each element
+    must be covered exactly once."""
+    cur = torch.zeros(length, dtype=torch.bool)
+    ini = torch.zeros(length, dtype=torch.bool) if initial else None
+    covered = 0
+    for p_start, p_len, packed, p_initial, pos in pieces:
+        lo, hi = max(start, p_start), min(start + length, p_start + p_len)
+        if lo >= hi:
+            continue
+        at = pos + lo - p_start
+        cur[lo - start: hi - start] = unpack_bit_range(packed, at, hi - lo)
+        if initial:
+            if p_initial is None:
+                raise ValueError(f"the saved state of {name} has no initial mask; resume with the same "
+                                 f"sparsity.track_initial setting")
+            ini[lo - start: hi - start] = unpack_bit_range(p_initial, at, hi - lo)
+        covered += hi - lo
+    if covered != length:
+        raise ValueError(f"the saved masks cover {covered} of the {length} elements of {name} this rank needs: "
+                         f"the ranks' files are from different saves or another model")
+    return cur, ini
