@@ -106,20 +106,6 @@ def add_weight_scaling(model: torch.nn.Module, targets: list[str], *, groups: in
 
 
 # ---------------------------------------------------------------------- export and reload
-def fold_for_export(state_dict: dict[str, torch.Tensor], targets: list[str]) -> dict:
-    """Fold weight scaling into the weights (in place); return the export description of the extra
-    modules left (SLoRB tensors stay in the state dict under ``<linear>.slorb_s`` / ``.slorb_x``)."""
-    info = {"slorb": [], "weight_scaling_folded": []}
-    for name in targets:
-        prefix = name.rsplit(".", 1)[0]
-        if f"{prefix}.cast_scale" in state_dict:
-            state_dict[name] = scaled_weight(state_dict[name], state_dict.pop(f"{prefix}.cast_scale"))
-            info["weight_scaling_folded"].append(name)
-        if f"{prefix}.slorb_s" in state_dict:
-            info["slorb"].append(prefix)
-    return info
-
-
 def load_exported(model_dir: str, *, dtype=torch.float32):
     """Load an exported folder, rebuilding SLoRB branches when ``ast_ds_modules.json`` lists them.
     Plain N:M exports load with ``AutoModelForCausalLM.from_pretrained`` alone."""
@@ -138,10 +124,15 @@ def load_exported(model_dir: str, *, dtype=torch.float32):
 
     logging.getLogger("transformers.modeling_utils").setLevel(logging.ERROR)  # the slorb keys are "unexpected"
     model = AutoModelForCausalLM.from_pretrained(model_dir, torch_dtype=dtype)
-    with safe_open(os.path.join(model_dir, "model.safetensors"), framework="pt") as f:
-        for prefix in slorb:
-            module = model.get_submodule(prefix)
-            module.slorb_s = torch.nn.Parameter(f.get_tensor(f"{prefix}.slorb_s").to(dtype))
-            module.slorb_x = torch.nn.Parameter(f.get_tensor(f"{prefix}.slorb_x").to(dtype))
-            module.__class__ = SLoRBLinear
+    from ast_ds.checkpoint.export import weight_files
+
+    tensors = {}
+    for file in weight_files(model_dir):  # one file, or the shards of a large export
+        with safe_open(os.path.join(model_dir, file), framework="pt") as f:
+            tensors.update({k: f.get_tensor(k) for k in f.keys() if k.endswith((".slorb_s", ".slorb_x"))})
+    for prefix in slorb:
+        module = model.get_submodule(prefix)
+        module.slorb_s = torch.nn.Parameter(tensors[f"{prefix}.slorb_s"].to(dtype))
+        module.slorb_x = torch.nn.Parameter(tensors[f"{prefix}.slorb_x"].to(dtype))
+        module.__class__ = SLoRBLinear
     return model

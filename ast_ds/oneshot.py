@@ -128,7 +128,7 @@ def prune_oneshot(model_dir: str, out: str, *, method: str = "magnitude", patter
         raise ValueError(f"--method {method!r}: choose magnitude, wanda or sparsegpt")
     report = sparsity_report(sd, targets, n=n, m=m)
     report.update(method=method, source=os.path.abspath(model_dir), calib=calib, nsamples=nsamples)
-    write_hf_folder(out, state_dict=sd, config_dir=model_dir, dtype=dtype, report=report, overwrite=overwrite)
+    write_hf_folder(out, tensors=sd, config_dir=model_dir, dtype=dtype, report=report, overwrite=overwrite)
     return report
 
 

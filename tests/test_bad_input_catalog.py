@@ -139,7 +139,7 @@ def _hf_folder(out, value: float):
     os.makedirs(cfg, exist_ok=True)
     with open(os.path.join(cfg, "config.json"), "w") as f:
         json.dump({"model_type": "llama"}, f)
-    return write_hf_folder(out, state_dict={"w": torch.full((4, 4), value)}, config_dir=cfg, dtype="fp32",
+    return write_hf_folder(out, tensors={"w": torch.full((4, 4), value)}, config_dir=cfg, dtype="fp32",
                            report={"all_ok": True}, overwrite=True)
 
 
@@ -150,7 +150,7 @@ def test_consolidation_into_an_existing_folder_is_refused_without_overwrite(tmp_
     _hf_folder(out, 1.0)
     before = sorted(os.listdir(out))
     with pytest.raises(ValueError, match="already exists; remove it or pass --overwrite"):
-        write_hf_folder(out, state_dict={"w": torch.zeros(4, 4)}, config_dir=out, dtype="fp32", report={})
+        write_hf_folder(out, tensors={"w": torch.zeros(4, 4)}, config_dir=out, dtype="fp32", report={})
     assert sorted(os.listdir(out)) == before
 
 

@@ -108,7 +108,7 @@ def test_unpack_bit_range_reads_only_the_bytes_it_needs():
 def test_masks_of_one_partition_layout_are_regathered_for_another():
     """The saved slices of W ranks (bit-packed, each with its layout) give any element range exactly."""
     from ast_ds.sparsity.nm_mask import pack_bits
-    from ast_ds.zero.adapter import _gather_bits
+    from ast_ds.sparsity.slices import gather_bits
 
     g = torch.Generator().manual_seed(1)
     full, initial = torch.rand(50, generator=g) > 0.5, torch.rand(50, generator=g) > 0.5
@@ -117,7 +117,7 @@ def test_masks_of_one_partition_layout_are_regathered_for_another():
         pieces.append((start, length, pack_bits(full[start:start + length]),
                        pack_bits(initial[start:start + length]), 0))
     for start, length in [(0, 25), (25, 25), (10, 30), (49, 1)]:  # 2 new ranks, and odd ranges
-        cur, ini = _gather_bits(pieces, "w", start, length, initial=True)
+        cur, ini = gather_bits(pieces, "w", start, length, initial=True)
         assert torch.equal(cur, full[start:start + length]) and torch.equal(ini, initial[start:start + length])
     with pytest.raises(ValueError, match="cover"):
-        _gather_bits(pieces[:2], "w", 30, 10, initial=False)
+        gather_bits(pieces[:2], "w", 30, 10, initial=False)

@@ -96,6 +96,32 @@ def test_consolidate_exports_exact_2_4_that_transformers_loads(runs, workspace, 
     per_domain = perplexity(str(out), str(workspace / "data"), seq_len=32, max_windows=4)
     assert set(per_domain["domains"]) == {"stories", "facts", "arith", "code"}
 
+    # streaming into small shards gives the same tensors, with an index transformers follows; and both
+    # equal DeepSpeed's own whole-model stitching masked with the stitched saved masks
+    from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
+    from safetensors.torch import load_file
+
+    from ast_ds.checkpoint.consolidate import stitch_masks
+    from ast_ds.checkpoint.export import apply_mask, load_hf_state_dict
+    from ast_ds.checkpoint.layout import SPARSITY, checkpoints_dir, rank_file
+
+    sharded = tmp_path / "sharded"
+    consolidate(str(full), str(sharded), dtype="bf16", max_shard_bytes=60_000)
+    shards = sorted(f for f in os.listdir(sharded) if f.endswith(".safetensors"))
+    assert len(shards) > 2 and (sharded / "model.safetensors.index.json").is_file()
+    single = load_file(str(out / "model.safetensors"))
+    assert {k: v for f in shards for k, v in load_file(str(sharded / f)).items()}.keys() == single.keys()
+    assert all(torch.equal(load_hf_state_dict(str(sharded))[k], v.float()) for k, v in single.items())
+    AutoModelForCausalLM.from_pretrained(sharded, torch_dtype=torch.bfloat16)
+    tag = os.path.join(checkpoints_dir(str(full)), "step_00000006")
+    reference = get_fp32_state_dict_from_zero_checkpoint(checkpoints_dir(str(full)), tag="step_00000006")
+    saved = [torch.load(rank_file(tag, r), weights_only=False)[SPARSITY] for r in (0, 1)]
+    masks = stitch_masks(saved, {k: reference[k].numel() for k in report["layers"]})
+    for name, value in reference.items():
+        if name in masks:
+            value = apply_mask(value, masks[name].view(value.shape))
+        assert torch.equal(single[name], value.to(torch.bfloat16)), name
+
 
 @pytest.mark.multiprocess
 def test_damaged_checkpoints_are_refused(runs, tmp_path):

@@ -1,9 +1,13 @@
-"""Sharded AST checkpoint -> Hugging Face folder whose target linears are exactly N:M.
+"""Sharded AST checkpoint -> Hugging Face folder whose target linears are exactly N:M, tensor by tensor.
 
-The fp32 masters come from DeepSpeed's ``zero_to_fp32`` stitching; the masks are the ones training
-used (each rank's bit-packed slices, stitched by the layout saved beside them), not recomputed, so the
-exported model is exactly the model the last forward saw, cast to ``dtype``. Pruned positions are
-+0.0. Every group is checked; a partial or inconsistent checkpoint is refused.
+Each parameter's fp32 master is stitched from the ranks' files on its own
+(:class:`~ast_ds.checkpoint.zero3_files.Zero3Files` reads just its bytes), CAST's weight scaling is
+folded in, the mask training used is regathered from the ranks' bit-packed slices (not recomputed) and
+applied, the tensor is cast to ``dtype``, checked group by group and written into the current
+safetensors shard; a full shard goes to disk before the next tensor is read. Peak memory is therefore
+about one shard plus a few copies of the largest tensor, not the model: a 70B checkpoint consolidates
+on a node with far less RAM than its 280 GB of fp32 weights. Pruned positions are +0.0. A partial or
+inconsistent checkpoint is refused, and nothing is published unless every group checks out.
 """
 
 from __future__ import annotations
@@ -12,44 +16,26 @@ import os
 
 import torch
 
-from ast_ds.checkpoint.export import DTYPES, apply_mask, sparsity_report, write_hf_folder
+from ast_ds.checkpoint.export import (DEFAULT_SHARD_BYTES, DTYPES, apply_mask, layer_report, summarize_layers,
+                                      write_hf_folder)
 from ast_ds.checkpoint.layout import (META_MODE, META_PATTERN, META_STEP, META_WORLD_SIZE, SPARSITY, CheckpointError,
                                       hf_meta_dir, rank_file, read_meta, resolve_tag_dir, run_dir_of)
-from ast_ds.converters import EXPORT_FILE, fold_for_export
-from ast_ds.sparsity.nm_mask import parse_nm, unpack_bits
+from ast_ds.checkpoint.zero3_files import Zero3Files
+from ast_ds.converters import EXPORT_FILE, scaled_weight
+from ast_ds.sparsity.nm_mask import parse_nm
+from ast_ds.sparsity.slices import gather_bits, index_slices
 
 
 def stitch_masks(rank_states: list[dict], numels: dict[str, int]) -> dict[str, torch.Tensor]:
     """Full flat keep-masks from every rank's packed slices; each element must be covered exactly once."""
-    flat = {name: torch.zeros(numel, dtype=torch.bool) for name, numel in numels.items()}
-    covered = {name: torch.zeros(numel, dtype=torch.int32) for name, numel in numels.items()}
-    for r, state in enumerate(rank_states):
-        for layout, packed in zip(state["layout"], state["packed"]):
-            keep = unpack_bits(packed, sum(length for _, _, length in layout))
-            pos = 0
-            for name, start, length in layout:
-                if name not in flat:
-                    raise CheckpointError(f"rank {r} has a mask for {name}, which the checkpoint's weights lack")
-                flat[name][start:start + length] = keep[pos:pos + length]
-                covered[name][start:start + length] += 1
-                pos += length
-    for name, cov in covered.items():
-        if not torch.all(cov == 1):
-            raise CheckpointError(f"the saved masks cover {name} inconsistently ({int((cov == 0).sum())} elements "
-                                  f"missing, {int((cov > 1).sum())} twice): ranks' files are from different saves")
-    return flat
-
-
-def _fp32_state_dict(tag_dir: str) -> dict[str, torch.Tensor]:
-    from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
-
-    root, tag = os.path.split(tag_dir.rstrip("/"))
+    pieces = index_slices(rank_states)
+    unknown = sorted(set(pieces) - set(numels))
+    if unknown:
+        raise CheckpointError(f"a rank has a mask for {unknown[0]}, which the checkpoint's weights lack")
     try:
-        state_dict = get_fp32_state_dict_from_zero_checkpoint(root, tag=tag)
-    except Exception as e:  # noqa: BLE001 - DeepSpeed raises assorted errors on damaged shards
-        raise CheckpointError(f"cannot assemble the fp32 weights of {tag_dir} ({type(e).__name__}: {e}); the "
-                              f"checkpoint is corrupted or partial") from None
-    return {k: v.float() for k, v in state_dict.items()}
+        return {name: gather_bits(pieces.get(name, []), name, 0, numel)[0] for name, numel in numels.items()}
+    except ValueError as e:
+        raise CheckpointError(str(e)) from None
 
 
 def _rank_sparsity_states(rank_files: list[str]) -> list[dict]:
@@ -62,28 +48,66 @@ def _rank_sparsity_states(rank_files: list[str]) -> list[dict]:
     return states
 
 
-def _apply_saved_masks(state_dict: dict[str, torch.Tensor], rank_files: list[str], *, n: int, m: int
-                       ) -> tuple[list[str], dict]:
-    """W ⊙ m in place for every target, with the masks training used; returns (targets, converter modules)."""
-    from tqdm import tqdm
+class _Exporter:
+    """The tensors of the export, one at a time, and the report built as they pass."""
 
-    rank_states = _rank_sparsity_states(rank_files)
-    names = sorted({name for st in rank_states for layout in st["layout"] for name, _, _ in layout})
-    unknown = [nm for nm in names if nm not in state_dict]
-    if unknown:
-        raise CheckpointError(f"masks name weights the checkpoint lacks: {unknown[:3]}")
-    masks = stitch_masks(rank_states, {nm: state_dict[nm].numel() for nm in names})
-    modules = fold_for_export(state_dict, names)  # CAST weight scaling folded; SLoRB tensors kept
-    for name in tqdm(names, desc="apply N:M masks", unit="layer"):
-        keep = masks[name].view(state_dict[name].shape)
-        if not torch.all(keep.view(-1, m).sum(1) == n):
-            raise CheckpointError(f"saved mask of {name} does not keep exactly {n} of every {m}")
-        state_dict[name] = apply_mask(state_dict[name], keep)
-    return names, modules
+    def __init__(self, files: Zero3Files, rank_states: list[dict] | None, pattern: str | None, dtype: str):
+        self.files, self.dtype = files, DTYPES[dtype]
+        self.pieces = index_slices(rank_states) if rank_states is not None else {}
+        self.n, self.m = parse_nm(pattern) if rank_states is not None else (None, None)
+        unknown = [name for name in self.pieces if name not in files.entries]
+        if unknown:
+            raise CheckpointError(f"masks name weights the checkpoint lacks: {unknown[:3]}")
+        self.targets = sorted(self.pieces)
+        prefixes = {name.rsplit(".", 1)[0]: name for name in self.targets}
+        self.scales = {f"{p}.cast_scale": t for p, t in prefixes.items() if f"{p}.cast_scale" in files.entries}
+        self.modules = {"slorb": sorted(p for p in prefixes if f"{p}.slorb_s" in files.entries),
+                        "weight_scaling_folded": sorted(self.scales.values())}
+        self.layers: dict[str, dict] = {}
+
+    def tensors(self):
+        from tqdm import tqdm
+
+        for name in tqdm(list(self.files.entries), desc="consolidate", unit="tensor"):
+            if name in self.scales:
+                continue  # folded into its weight
+            value = self.files.full(name)
+            if name in self.pieces:
+                value = self._masked(name, value)  # cast first: masking the 16-bit copy is the same, and cheaper
+            else:
+                value = value.to(self.dtype)
+            if name in self.pieces:
+                self.layers[name] = layer_report(value, n=self.n, m=self.m)
+            yield name, value
+
+    def _masked(self, name: str, weight: torch.Tensor) -> torch.Tensor:
+        prefix = name.rsplit(".", 1)[0]
+        if f"{prefix}.cast_scale" in self.scales:
+            weight = scaled_weight(weight, self.files.full(f"{prefix}.cast_scale"))
+        try:
+            keep = gather_bits(self.pieces[name], name, 0, weight.numel())[0].view(weight.shape)
+        except ValueError as e:
+            raise CheckpointError(str(e)) from None
+        # the count here, and the group-by-group check of the written tensor (layer_report), together
+        # guarantee at most N nonzeros in every group of M
+        if int(torch.count_nonzero(keep)) != weight.numel() // self.m * self.n:
+            raise CheckpointError(f"saved mask of {name} does not keep {self.n} of every {self.m}")
+        return apply_mask(weight.to(self.dtype), keep)
+
+    def report(self) -> dict:
+        if not self.targets:
+            return {"all_ok": True, "num_targets": 0, "note": "dense checkpoint"}
+        report = summarize_layers(self.layers, n=self.n, m=self.m)
+        if not report["all_ok"]:
+            bad = [k for k, v in report["layers"].items() if not v["ok"]]
+            raise CheckpointError(f"N:M check failed after export for {bad[:3]}; nothing was written")
+        return report
 
 
-def consolidate(checkpoint: str, out: str, *, dtype: str = "bf16", overwrite: bool = False) -> dict:
-    """Export ``checkpoint`` (a run folder, its checkpoints folder or one tag) to the HF folder ``out``."""
+def consolidate(checkpoint: str, out: str, *, dtype: str = "bf16", overwrite: bool = False,
+                max_shard_bytes: int = DEFAULT_SHARD_BYTES) -> dict:
+    """Export ``checkpoint`` (a run folder, its checkpoints folder or one tag) to the HF folder ``out``,
+    streaming tensor by tensor into safetensors shards of at most ``max_shard_bytes``."""
     tag_dir = resolve_tag_dir(checkpoint)
     meta = read_meta(tag_dir)
     rank_files = [rank_file(tag_dir, r) for r in range(int(meta[META_WORLD_SIZE]))]
@@ -93,23 +117,23 @@ def consolidate(checkpoint: str, out: str, *, dtype: str = "bf16", overwrite: bo
     meta_dir = hf_meta_dir(run_dir_of(tag_dir))
     if not os.path.isfile(os.path.join(meta_dir, "config.json")):
         raise CheckpointError(f"{meta_dir}/config.json is missing: the run folder of {tag_dir} is incomplete")
-    state_dict = _fp32_state_dict(tag_dir)
+    if os.path.exists(out) and not overwrite:
+        raise CheckpointError(f"--out {out} already exists; remove it or pass --overwrite")
+    sparse = meta.get(META_MODE) == "ast"
+    exporter = _Exporter(Zero3Files(tag_dir, len(rank_files)), _rank_sparsity_states(rank_files) if sparse else None,
+                         meta.get(META_PATTERN), dtype)
+    summary = {}
 
-    targets, modules = [], {"slorb": [], "weight_scaling_folded": []}
-    if meta.get(META_MODE) == "ast":
-        n, m = parse_nm(meta[META_PATTERN])
-        targets, modules = _apply_saved_masks(state_dict, rank_files, n=n, m=m)
-    cast = {k: v.to(DTYPES[dtype]) for k, v in state_dict.items()}
-    report = sparsity_report(cast, targets, n=n, m=m) if targets else {"all_ok": True, "num_targets": 0,
-                                                                         "note": "dense checkpoint"}
-    report.update(checkpoint=os.path.abspath(tag_dir), step=meta.get(META_STEP), mode=meta.get(META_MODE))
-    report["pure_nm"] = not modules["slorb"]
-    if modules["slorb"]:
-        report["note"] = (f"SLoRB: {len(modules['slorb'])} dense low-rank branches beside the N:M weights; not pure "
-                          f"N:M (load with ast_ds.converters.load_exported)")
-    if targets and not report["all_ok"]:
-        bad = [k for k, v in report["layers"].items() if not v["ok"]]
-        raise CheckpointError(f"N:M check failed after export for {bad[:3]}; nothing was written")
-    write_hf_folder(out, state_dict=cast, config_dir=meta_dir, dtype=dtype, report=report, overwrite=overwrite,
-                    extra_files={EXPORT_FILE: modules})
-    return report
+    def report() -> dict:
+        rep = exporter.report()
+        rep.update(checkpoint=os.path.abspath(tag_dir), step=meta.get(META_STEP), mode=meta.get(META_MODE),
+                   pure_nm=not exporter.modules["slorb"])
+        if exporter.modules["slorb"]:
+            rep["note"] = (f"SLoRB: {len(exporter.modules['slorb'])} dense low-rank branches beside the N:M weights; "
+                           f"not pure N:M (load with ast_ds.converters.load_exported)")
+        summary.update(rep)
+        return rep
+
+    write_hf_folder(out, tensors=exporter.tensors(), config_dir=meta_dir, dtype=dtype, report=report,
+                    overwrite=overwrite, extra_files={EXPORT_FILE: exporter.modules}, max_shard_bytes=max_shard_bytes)
+    return summary

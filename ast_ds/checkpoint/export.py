@@ -26,18 +26,36 @@ def apply_mask(weight: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
     return torch.where(keep, weight, torch.zeros((), dtype=weight.dtype))
 
 
+_INT_OF = {torch.float32: torch.int32, torch.bfloat16: torch.int16, torch.float16: torch.int16}
+
+
+def negative_zeros(weight: torch.Tensor) -> int:
+    """How many elements are -0.0 (one pass: the bit pattern of -0.0 in the tensor's own format)."""
+    as_int = _INT_OF.get(weight.dtype)
+    if as_int is None:
+        return int(torch.count_nonzero((weight == 0) & torch.signbit(weight)))
+    pattern = torch.tensor(-0.0, dtype=weight.dtype).view(as_int)
+    return int(torch.count_nonzero(weight.view(as_int) == pattern))  # count_nonzero: 20x a bool sum on CPU
+
+
+def layer_report(weight: torch.Tensor, *, n: int, m: int) -> dict:
+    """One target as it will be saved: sparsity, the group-by-group N:M check, and -0.0 count."""
+    rep = verify_nm(weight, n=n, m=m)
+    neg_zero = negative_zeros(weight)
+    return dict(rep.to_dict(), negative_zeros=neg_zero, ok=bool(rep.ok and neg_zero == 0),
+                zeros=round(rep.sparsity * weight.numel()), numel=weight.numel())
+
+
+def summarize_layers(layers: dict[str, dict], *, n: int, m: int) -> dict:
+    total = sum(v["numel"] for v in layers.values())
+    zeros = sum(v["zeros"] for v in layers.values())
+    return {"pattern": f"{n}:{m}", "all_ok": all(v["ok"] for v in layers.values()), "num_targets": len(layers),
+            "target_sparsity": zeros / total if total else 0.0, "layers": layers}
+
+
 def sparsity_report(state_dict: dict[str, torch.Tensor], targets: list[str], *, n: int, m: int) -> dict:
     """Per-layer sparsity and the group-by-group N:M check of the tensors as they will be saved."""
-    layers, ok = {}, True
-    for name in targets:
-        rep = verify_nm(state_dict[name], n=n, m=m)
-        neg_zero = int(((state_dict[name] == 0) & torch.signbit(state_dict[name])).sum())
-        layers[name] = dict(rep.to_dict(), negative_zeros=neg_zero)
-        ok &= rep.ok and neg_zero == 0
-    total = sum(state_dict[t].numel() for t in targets)
-    zeros = sum(int((state_dict[t] == 0).sum()) for t in targets)
-    return {"pattern": f"{n}:{m}", "all_ok": ok, "num_targets": len(targets),
-            "target_sparsity": zeros / total if total else 0.0, "layers": layers}
+    return summarize_layers({name: layer_report(state_dict[name], n=n, m=m) for name in targets}, n=n, m=m)
 
 
 def copy_tokenizer(src: str, dst: str) -> list[str]:
@@ -61,12 +79,78 @@ def write_hf_meta(run_dir: str, model_config, *, model_path: str, corpus) -> str
     return meta
 
 
-def write_hf_folder(out: str, *, state_dict: dict[str, torch.Tensor], config_dir: str, dtype: str,
-                    report: dict, extra_files: dict[str, dict] | None = None, overwrite: bool = False) -> str:
-    """``out/``: config.json (from ``config_dir``, torch_dtype updated), model.safetensors, the tokenizer
-    files found in ``config_dir``, ``sparsity_report.json`` and ``extra_files`` (name -> JSON)."""
-    from safetensors.torch import save_file
+DEFAULT_SHARD_BYTES = 5_000_000_000  # save_pretrained's default max_shard_size ("5GB")
+SINGLE_FILE, INDEX_FILE = "model.safetensors", "model.safetensors.index.json"
 
+
+def parse_size(text: str | int) -> int:
+    """``"5GB"``, ``"500MB"``, ``"2GiB"`` or a byte count -> bytes."""
+    if isinstance(text, int):
+        return text
+    units = {"KIB": 1 << 10, "MIB": 1 << 20, "GIB": 1 << 30, "KB": 10 ** 3, "MB": 10 ** 6, "GB": 10 ** 9, "B": 1}
+    t = str(text).strip().upper()
+    for unit, factor in units.items():
+        if t.endswith(unit) and t[: -len(unit)].replace(".", "", 1).isdigit():
+            return int(float(t[: -len(unit)]) * factor)
+    if t.isdigit():
+        return int(t)
+    raise ValueError(f"cannot read the size {text!r}: write it like 5GB, 500MB or 2GiB")
+
+
+class ShardWriter:
+    """Safetensors shards of at most ``max_bytes`` (a larger tensor gets a shard of its own), written as
+    tensors arrive, so only the current shard is held in memory; ``finish`` names them as
+    ``save_pretrained`` does (``model.safetensors``, or ``model-0000i-of-0000n.safetensors`` with
+    ``model.safetensors.index.json``)."""
+
+    def __init__(self, folder: str, max_bytes: int = DEFAULT_SHARD_BYTES):
+        if max_bytes < 1:
+            raise ValueError(f"max shard size {max_bytes} must be positive")
+        self.folder, self.max_bytes = folder, max_bytes
+        self.pending: dict[str, torch.Tensor] = {}
+        self.pending_bytes, self.total_bytes = 0, 0
+        self.shards: list[list[str]] = []
+
+    def add(self, name: str, tensor: torch.Tensor) -> None:
+        nbytes = tensor.numel() * tensor.element_size()
+        if self.pending and self.pending_bytes + nbytes > self.max_bytes:
+            self._flush()
+        self.pending[name] = tensor.detach().contiguous()
+        self.pending_bytes += nbytes
+        self.total_bytes += nbytes
+
+    def _flush(self) -> None:
+        from safetensors.torch import save_file
+
+        if self.pending:
+            save_file(self.pending, os.path.join(self.folder, f"shard-{len(self.shards)}.tmp"),
+                      metadata={"format": "pt"})
+            self.shards.append(list(self.pending))
+            self.pending, self.pending_bytes = {}, 0
+
+    def finish(self) -> list[str]:
+        self._flush()
+        if len(self.shards) == 1:
+            os.rename(os.path.join(self.folder, "shard-0.tmp"), os.path.join(self.folder, SINGLE_FILE))
+            return [SINGLE_FILE]
+        names, weight_map = [], {}
+        for i, keys in enumerate(self.shards):
+            name = f"model-{i + 1:05d}-of-{len(self.shards):05d}.safetensors"
+            os.rename(os.path.join(self.folder, f"shard-{i}.tmp"), os.path.join(self.folder, name))
+            names.append(name)
+            weight_map.update({k: name for k in keys})
+        with open(os.path.join(self.folder, INDEX_FILE), "w") as f:
+            json.dump({"metadata": {"total_size": self.total_bytes}, "weight_map": weight_map}, f, indent=2)
+        return names
+
+
+def write_hf_folder(out: str, *, tensors, config_dir: str, dtype: str, report, extra_files: dict[str, dict] | None = None,
+                    overwrite: bool = False, max_shard_bytes: int = DEFAULT_SHARD_BYTES) -> str:
+    """``out/``: config.json (from ``config_dir``, torch_dtype updated), the weights as safetensors
+    shards, the tokenizer files found in ``config_dir``, ``sparsity_report.json`` and ``extra_files``
+    (name -> JSON). ``tensors``: a dict, or an iterable of (name, tensor) consumed once while the
+    shards are written (streaming). ``report``: a dict, or a callable returning it once every tensor
+    is written (it may raise to abandon the folder). Built under a temporary name, then published."""
     if dtype not in DTYPES:
         raise ValueError(f"--dtype {dtype!r}: choose one of {', '.join(DTYPES)}")
     if os.path.exists(out) and not overwrite:
@@ -80,9 +164,12 @@ def write_hf_folder(out: str, *, state_dict: dict[str, torch.Tensor], config_dir
         config["torch_dtype"] = {"bf16": "bfloat16", "fp16": "float16", "fp32": "float32"}[dtype]
         with open(os.path.join(tmp, "config.json"), "w") as f:
             json.dump(config, f, indent=2)
-        tensors = {k: v.detach().to(DTYPES[dtype]).contiguous() for k, v in state_dict.items()}
-        save_file(tensors, os.path.join(tmp, "model.safetensors"), metadata={"format": "pt"})
+        writer = ShardWriter(tmp, max_shard_bytes)
+        for name, value in (tensors.items() if isinstance(tensors, dict) else tensors):
+            writer.add(name, value.to(DTYPES[dtype]))
+        writer.finish()
         copy_tokenizer(config_dir, tmp)
+        report = report() if callable(report) else report
         for name, content in {"sparsity_report.json": report, **(extra_files or {})}.items():
             with open(os.path.join(tmp, name), "w") as f:
                 json.dump(content, f, indent=2)
@@ -91,6 +178,15 @@ def write_hf_folder(out: str, *, state_dict: dict[str, torch.Tensor], config_dir
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return out
+
+
+def weight_files(model_dir: str) -> list[str]:
+    """The safetensors files of a folder: the index's shards, or ``model.safetensors``."""
+    index = os.path.join(model_dir, INDEX_FILE)
+    if os.path.isfile(index):
+        with open(index) as f:
+            return sorted(set(json.load(f)["weight_map"].values()))
+    return [SINGLE_FILE]
 
 
 def load_hf_state_dict(model_dir: str) -> dict[str, torch.Tensor]:

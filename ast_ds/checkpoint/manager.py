@@ -27,8 +27,8 @@ import torch
 from ast_ds import collectives
 from ast_ds.atomic import atomic_path, fsync_file, fsync_tree, write_json_atomic, write_text_atomic
 from ast_ds.checkpoint.layout import (LATEST, META_STEP, META_WORLD_SIZE, RANK_FORMAT, RANK_FORMAT_KEY, CheckpointError,
-                                      checkpoints_dir, complete_tags, find_checkpoint, is_complete, rank_file, read_meta,
-                                      tag_name)
+                                      checkpoints_dir, complete_tags, ds_model_file, ds_optim_file, find_checkpoint,
+                                      is_complete, rank_file, read_meta, tag_name)
 from ast_ds.faults import Faults
 from ast_ds.checkpoint.layout import COMPLETE as _COMPLETE
 
@@ -122,10 +122,24 @@ class CheckpointManager:
     # ---------------------------------------------------------------------------------------- load
     def resume(self, resume: str | None) -> str | None:
         """Restore from ``resume`` (``auto`` or a path; None: do nothing). Collective. Returns the tag
-        folder restored, or None when there was nothing to restore."""
+        folder restored, or None when there was nothing to restore. Every rank must find the same
+        checkpoint: a folder one node cannot see (node-local disks) stops every rank with the fix."""
         if not resume:
             return None
-        tag_dir = find_checkpoint(self.root, resume)
+        tag_dir, error = None, None
+        try:
+            tag_dir = find_checkpoint(self.root, resume)
+        except CheckpointError as e:
+            error = e
+        collectives.raise_if_any(error, what=f"finding the checkpoint to resume ({resume})")
+        step = float(read_meta(tag_dir)[META_STEP]) if tag_dir else -1.0
+        low, high = (collectives.all_reduce_floats([step], op)[0] for op in ("min", "max"))
+        if low != high:
+            raise CheckpointError(
+                f"the ranks do not see the same checkpoints in {self.root}: this rank (rank "
+                f"{collectives.rank_world()[0]}) finds {tag_dir or 'none'}, others find a checkpoint of step "
+                f"{int(high) if step != high else int(low)}. --out_dir must be one folder shared by every node (a "
+                f"shared file system), not a node-local disk; copy the checkpoint there and resume")
         if tag_dir is None:
             log.info("resume auto: no complete checkpoint in %s, starting from step 0", self.root)
             return None
@@ -138,7 +152,12 @@ class CheckpointManager:
         saved_world = self._check_meta(tag_dir)
         if saved_world != collectives.rank_world()[1]:
             return self._load_repartitioned(tag_dir, saved_world)
-        rank_state, error = self._read_rank_state(tag_dir, collectives.rank_world()[0])
+        rank = collectives.rank_world()[0]
+        rank_state, error = self._read_rank_state(tag_dir, rank)
+        missing = [f for f in (ds_model_file(tag_dir, rank), ds_optim_file(tag_dir, rank)) if not os.path.isfile(f)]
+        if error is None and missing:
+            error = (f"rank {rank} cannot see {', '.join(os.path.basename(f) for f in missing)} (is --out_dir a shared "
+                     f"folder on every node?)")
         # agree before the collective load: a rank raising alone would leave the others waiting in it
         if not collectives.agree(error is None):
             raise CheckpointError(f"{error or 'another rank cannot read its trainer state'} in {tag_dir}; the "

@@ -33,13 +33,19 @@ per epoch, not per domain. Creating a split's dataset synchronises the ranks of 
 streaming (a ``torch.distributed`` barrier when a process group exists), so every rank must build
 its loaders and call ``eval_batches`` for the same domains in the same order.
 
+Setting ``$AST_DS_ROW_LOG`` to a folder makes every rank append, per micro-batch, the (domain,
+row index) pairs it read to ``rows_rank<r>.jsonl`` there: a debugging aid, and how the multi-node
+test proves that nodes read disjoint rows.
+
 The per-epoch permutation costs 8 bytes per row of a domain (4 when it has < 2^31 rows) on each rank.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import math
+import os
 from typing import Iterator
 
 import numpy as np
@@ -53,6 +59,7 @@ from ast_ds.data.packing import domain_seed
 
 logger = logging.getLogger(__name__)
 
+ROW_LOG_ENV = "AST_DS_ROW_LOG"
 STATE_VERSION = 3  # 2: the domain weights moved to their owner; 3: the stream is per global batch
 
 
@@ -108,6 +115,8 @@ class MultiDomainLoader:
         self._plan: tuple[np.ndarray, np.ndarray] | None = None  # (domain, row) of every row of the global batch
         self._start: dict | None = None  # generator, cursors and epochs before the plan was drawn
         self._read = 0  # micro-batches of the current global batch this rank has read
+        log_dir = os.environ.get(ROW_LOG_ENV)
+        self._row_log = os.path.join(log_dir, f"rows_rank{self.rank}.jsonl") if log_dir else None
 
     @property
     def weights(self) -> dict[str, float]:
@@ -126,6 +135,10 @@ class MultiDomainLoader:
         lo = (self._read * self.world_size + self.rank) * self.micro_batch
         mine = slice(lo, lo + self.micro_batch)
         batch = np.stack([self._readers[d].rows([int(i)])[0] for d, i in zip(domains[mine], rows[mine])])
+        if self._row_log:
+            with open(self._row_log, "a") as f:
+                f.write(json.dumps({"batch": self.batches, "rows": [[self.domains[int(d)], int(i)] for d, i in
+                                                                     zip(domains[mine], rows[mine])]}) + "\n")
         self.batches += 1
         self._read += 1
         if self._read * self.world_size * self.micro_batch == self.global_batch:

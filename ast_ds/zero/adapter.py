@@ -39,7 +39,8 @@ import torch.distributed as dist
 
 from ast_ds.collectives import all_reduce_floats, reduce_device
 from ast_ds.sparsity.flip import FlipCounter, reduce_flip_counts
-from ast_ds.sparsity.nm_mask import check_nm, nm_mask_flat, pack_bits, unpack_bit_range, unpack_bits
+from ast_ds.sparsity.nm_mask import check_nm, nm_mask_flat, pack_bits, unpack_bits
+from ast_ds.sparsity.slices import gather_bits, index_slices
 
 
 @dataclass
@@ -367,19 +368,14 @@ class ShardedMasks:
         """Restore from the states of *every* rank of a run saved at another world size (or with
         another sub-group layout): each element of this rank's slices comes from the saved rank that
         held it, for the current and the initial masks; nothing is recomputed from the weights. Local."""
-        pieces: dict[str, list] = {}
         for st in states:
             if (st["n"], st["m"]) != (self.n, self.m):
                 raise ValueError(f"the saved masks are {st['n']}:{st['m']}, this run trains {self.n}:{self.m}")
-            for layout, packed, initial in zip(st["layout"], st["packed"], st["initial"]):
-                pos = 0
-                for name, start, length in layout:
-                    pieces.setdefault(name, []).append((int(start), int(length), packed, initial, pos))
-                    pos += int(length)
+        pieces = index_slices(states)
         for sg in self._by_index:
             current, initial = [], []
             for s in sg.segments:
-                cur, ini = _gather_bits(pieces.get(s.name, []), s.name, s.global_start, s.length,
+                cur, ini = gather_bits(pieces.get(s.name, []), s.name, s.global_start, s.length,
                                         initial=sg.initial is not None)
                 current.append(cur)
                 initial.append(ini)
@@ -389,27 +385,3 @@ class ShardedMasks:
                 sg.initial = pack_bits(torch.cat(initial) if initial else torch.zeros(0, dtype=torch.bool)).to(device)
         self._scratch = None
 
-
-def _gather_bits(pieces: list, name: str, start: int, length: int, *, initial: bool):
-    """Elements ``[start, start + length)`` of ``name``'s current (and initial) keep-mask, from the saved
-    slices ``(slice start, slice length, packed, packed initial, bit position in packed)``; each element
-    must be covered exactly once."""
-    cur = torch.zeros(length, dtype=torch.bool)
-    ini = torch.zeros(length, dtype=torch.bool) if initial else None
-    covered = 0
-    for p_start, p_len, packed, p_initial, pos in pieces:
-        lo, hi = max(start, p_start), min(start + length, p_start + p_len)
-        if lo >= hi:
-            continue
-        at = pos + lo - p_start
-        cur[lo - start: hi - start] = unpack_bit_range(packed, at, hi - lo)
-        if initial:
-            if p_initial is None:
-                raise ValueError(f"the saved state of {name} has no initial mask; resume with the same "
-                                 f"sparsity.track_initial setting")
-            ini[lo - start: hi - start] = unpack_bit_range(p_initial, at, hi - lo)
-        covered += hi - lo
-    if covered != length:
-        raise ValueError(f"the saved masks cover {covered} of the {length} elements of {name} this rank needs: "
-                         f"the ranks' files are from different saves or another model")
-    return cur, ini
