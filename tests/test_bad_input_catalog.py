@@ -235,3 +235,16 @@ def test_evaluation_text_shorter_than_one_window(model, tmp_path):
     text.write_text("just a few words")
     with pytest.raises(ValueError, match="fewer than one window of --seq_len 256"):
         perplexity(model, str(text), seq_len=256)
+
+
+def test_resume_on_another_world_size_needs_zero3():
+    from types import SimpleNamespace
+
+    from ast_ds.checkpoint.layout import CheckpointError
+    from ast_ds.zero.repartition import check_engine
+
+    with pytest.raises(CheckpointError, match="needs ZeRO stage 3.*or resume with the number of ranks"):
+        check_engine(SimpleNamespace(optimizer=object()))  # a ZeRO-2 engine's optimizer has no flat fp32 partitions
+    swapping = SimpleNamespace(optimizer=SimpleNamespace(fp32_partitioned_groups_flat=[], swap_optimizer=True))
+    with pytest.raises(CheckpointError, match="NVMe"):
+        check_engine(swapping)

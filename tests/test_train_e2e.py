@@ -217,3 +217,22 @@ def test_cast_trains_dense_forward_and_exports_exact_2_4_with_scaling_folded(wor
         assert "cast_scale" not in name
         if name in report["layers"]:
             assert verify_nm(p).ok
+
+
+@pytest.mark.multiprocess
+def test_a_dense_zero2_run_consolidates(workspace, tmp_path):
+    """ds_configs/zero2.json (dense runs) writes ZeRO-2 files; consolidation takes DeepSpeed's whole-model
+    stitching for them (ZeRO-3 checkpoints are streamed)."""
+    from transformers import AutoModelForCausalLM
+
+    from ast_ds.checkpoint.consolidate import consolidate
+
+    out = tmp_path / "dense"
+    args = train_args(workspace, out, "--mode", "dense", "--total_steps", "2", "--save_every", "0",
+                      "--data.weights_mode", "constant")
+    args[1] = os.path.join(ROOT, "ds_configs", "zero2.json")
+    run_torchrun(TRAIN, 2, args)
+    report = consolidate(str(out), str(tmp_path / "hf"), dtype="fp32")
+    assert report["all_ok"] and report["num_targets"] == 0 and report["step"] == 2
+    model = AutoModelForCausalLM.from_pretrained(tmp_path / "hf")
+    assert sum(p.numel() for p in model.parameters()) > 0

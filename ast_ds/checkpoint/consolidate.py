@@ -19,8 +19,8 @@ import torch
 from ast_ds.checkpoint.export import (DEFAULT_SHARD_BYTES, DTYPES, apply_mask, layer_report, summarize_layers,
                                       write_hf_folder)
 from ast_ds.checkpoint.layout import (META_MODE, META_PATTERN, META_STEP, META_WORLD_SIZE, SPARSITY, CheckpointError,
-                                      hf_meta_dir, rank_file, read_meta, resolve_tag_dir, run_dir_of)
-from ast_ds.checkpoint.zero3_files import Zero3Files
+                                      ds_model_file, hf_meta_dir, rank_file, read_meta, resolve_tag_dir, run_dir_of)
+from ast_ds.checkpoint.zero3_files import NotZero3Error, Zero3Files
 from ast_ds.converters import EXPORT_FILE, scaled_weight
 from ast_ds.sparsity.nm_mask import parse_nm
 from ast_ds.sparsity.slices import gather_bits, index_slices
@@ -48,10 +48,39 @@ def _rank_sparsity_states(rank_files: list[str]) -> list[dict]:
     return states
 
 
+class _WholeModel:
+    """ZeRO-1/2 checkpoints (e.g. dense runs with ds_configs/zero2.json): DeepSpeed's own stitching of the
+    whole fp32 model, behind the same two calls as :class:`Zero3Files` (not streamed)."""
+
+    def __init__(self, tag_dir: str):
+        from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
+
+        root, tag = os.path.split(tag_dir.rstrip("/"))
+        try:
+            self.state = get_fp32_state_dict_from_zero_checkpoint(root, tag=tag)
+        except Exception as e:  # noqa: BLE001 - DeepSpeed raises assorted errors on damaged shards
+            raise CheckpointError(f"cannot assemble the fp32 weights of {tag_dir} ({type(e).__name__}: {e}); the "
+                                  f"checkpoint is corrupted or partial") from None
+        self.entries = {k: v.shape for k, v in self.state.items()}
+
+    def full(self, name: str) -> torch.Tensor:
+        return self.state[name].float()
+
+
+def _weights(tag_dir: str, world_size: int):
+    """ZeRO-3 (every rank writes zero_pp_rank_<r>_..._model_states.pt): streamed; otherwise whole."""
+    if not os.path.isfile(ds_model_file(tag_dir, 0)):
+        return _WholeModel(tag_dir)
+    try:
+        return Zero3Files(tag_dir, world_size)
+    except NotZero3Error:
+        return _WholeModel(tag_dir)
+
+
 class _Exporter:
     """The tensors of the export, one at a time, and the report built as they pass."""
 
-    def __init__(self, files: Zero3Files, rank_states: list[dict] | None, pattern: str | None, dtype: str):
+    def __init__(self, files: Zero3Files | _WholeModel, rank_states: list[dict] | None, pattern: str | None, dtype: str):
         self.files, self.dtype = files, DTYPES[dtype]
         self.pieces = index_slices(rank_states) if rank_states is not None else {}
         self.n, self.m = parse_nm(pattern) if rank_states is not None else (None, None)
@@ -120,7 +149,7 @@ def consolidate(checkpoint: str, out: str, *, dtype: str = "bf16", overwrite: bo
     if os.path.exists(out) and not overwrite:
         raise CheckpointError(f"--out {out} already exists; remove it or pass --overwrite")
     sparse = meta.get(META_MODE) == "ast"
-    exporter = _Exporter(Zero3Files(tag_dir, len(rank_files)), _rank_sparsity_states(rank_files) if sparse else None,
+    exporter = _Exporter(_weights(tag_dir, len(rank_files)), _rank_sparsity_states(rank_files) if sparse else None,
                          meta.get(META_PATTERN), dtype)
     summary = {}
 

@@ -38,6 +38,10 @@ DS_MODEL_KEYS = frozenset({"module", "buffer_names", "optimizer", "param_shapes"
                            "checkpoint_parallel_dimensions", "ds_config", "ds_version"})
 
 
+class NotZero3Error(CheckpointError):
+    pass
+
+
 @dataclass(frozen=True)
 class ParamEntry:
     name: str
@@ -180,11 +184,11 @@ class Zero3Files:
     def __init__(self, tag_dir: str, world_size: int):
         self.tag_dir, self.world_size = tag_dir, int(world_size)
         self.model_states = _load(ds_model_file(tag_dir, 0))  # small: shapes, schedule, client state
-        optim = [lazy_load(ds_optim_file(tag_dir, r))["optimizer_state_dict"] for r in range(self.world_size)]
+        optim = [lazy_load(ds_optim_file(tag_dir, r)).get("optimizer_state_dict", {}) for r in range(self.world_size)]
         stage = int(optim[0].get("zero_stage", 0))
         if stage != 3:
-            raise CheckpointError(f"{tag_dir} was saved with ZeRO stage {stage}; only ZeRO-3 checkpoints can be read "
-                                  f"tensor by tensor")
+            raise NotZero3Error(f"{tag_dir} was saved with ZeRO stage {stage}; only ZeRO-3 checkpoints can be read "
+                                f"tensor by tensor")
         if int(optim[0].get("partition_count", self.world_size)) != self.world_size:
             raise CheckpointError(f"{tag_dir}: the optimizer files are partitioned {optim[0]['partition_count']} ways "
                                   f"but the checkpoint says {self.world_size} ranks")
