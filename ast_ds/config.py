@@ -118,6 +118,10 @@ class TrainConfig:
     """bf16 | fp32 (fills ds_config's bf16.enabled when it is "auto")."""
     seed: int = 0
     """Seed of the model's RNG and the loader's domain/row order."""
+    activation_checkpointing: bool = False
+    """Recompute each decoder layer's activations in the backward (Hugging Face gradient checkpointing, non-
+    reentrant): only the layers' inputs are kept, for about a third more compute. launchers/plan.py shows
+    when a run needs it."""
     log_every: int = 10
     """Log the losses every this many steps."""
     eval_every: int = 500

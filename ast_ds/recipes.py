@@ -11,9 +11,11 @@ REDPAJAMA_WEIGHTS = {"cc": 0.67, "github": 0.045, "book": 0.045, "stackexchange"
 
 def llama2_7b() -> TrainConfig:
     """AST on LLaMA-2-7B, the paper's appendix Table 8: lr 2e-5, λ_max 6e-5, Δt 10, α 1/3, T0 = T1/4,
-    seq 4096 (set at data prep), global batch 128, 15k steps (~7.9B tokens)."""
+    seq 4096 (set at data prep), global batch 128, 15k steps (~7.9B tokens). Ours, not the paper's:
+    activation checkpointing, without which micro batch 4 × 4096 needs about 170 GB per GPU
+    (launchers/plan.py, docs/scaling.md)."""
     cfg = TrainConfig(mode="ast", total_steps=15_000, micro_batch=4, global_batch=128, precision="bf16",
-                      log_every=10, eval_every=500, save_every=500, keep_last=3)
+                      log_every=10, eval_every=500, save_every=500, keep_last=3, activation_checkpointing=True)
     cfg.sparsity.lam_max, cfg.sparsity.ramp_fraction, cfg.sparsity.mask_interval = 6e-5, 0.25, 10
     cfg.distill.alpha, cfg.distill.temperature = 1 / 3, 1.0
     cfg.optim.lr, cfg.optim.warmup_steps, cfg.optim.min_lr_ratio, cfg.optim.grad_clip = 2e-5, 500, 0.1, 1.0

@@ -32,6 +32,7 @@ from ast_ds.data.corpus import Corpus
 from ast_ds.distill import distill_loss, shift_labels
 from ast_ds.faults import Faults
 from ast_ds.guards import NonFiniteError, NonFiniteGuard, PreemptionGuard, agree_step, weights_finite
+from ast_ds.memory import MemoryMeter
 from ast_ds.metrics import MetricsLogger, log, setup_logging
 from ast_ds.preflight import model_fingerprint, preflight
 
@@ -146,6 +147,8 @@ def _build_student(cfg: TrainConfig, ds_cfg: dict, sparse, corpus: Corpus, dtype
     if collectives.is_rank_zero():
         write_hf_meta(cfg.out_dir, student.config, model_path=cfg.model.path, corpus=corpus)
     sparse.prepare_model(student)
+    if cfg.activation_checkpointing:
+        student.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     optimizer = sparse.make_optimizer(_param_groups(student, cfg.optim.weight_decay), lr=cfg.optim.lr,
                                       betas=tuple(cfg.optim.betas), eps=cfg.optim.eps,
                                       weight_decay=cfg.optim.weight_decay)
@@ -180,6 +183,7 @@ class Run:
     counters: TrainCounters
     checkpoints: object  # CheckpointManager
     loop: "_Loop"
+    memory: MemoryMeter
 
 
 def build(cfg: TrainConfig, *, ds_config_path: str) -> Run:
@@ -187,11 +191,13 @@ def build(cfg: TrainConfig, *, ds_config_path: str) -> Run:
     from ast_ds.checkpoint.manager import CheckpointManager, RNGState
     from ast_ds.teacher import build_teacher
 
+    memory = MemoryMeter()
     ds_cfg, sparse = _setup(cfg, ds_config_path)
     dtype = torch.bfloat16 if cfg.precision == "bf16" else torch.float32
     corpus = Corpus(cfg.data.data_dir, remote=cfg.data.remote or None)
     preflight(cfg, corpus)  # every rank checks the inputs; the ranks agree before the first collective
     updater, loader = _build_data(cfg, corpus)
+    memory.set_floor()  # CPU: what the process holds before any model exists
     engine, schedule, vocab = _build_student(cfg, ds_cfg, sparse, corpus, dtype)
     teacher = build_teacher(cfg, ds_cfg, dtype=dtype)
 
@@ -207,7 +213,7 @@ def build(cfg: TrainConfig, *, ds_config_path: str) -> Run:
                                     per_rank={SPARSITY: sparse, LOADER: loader, RNG: RNGState()})
     loop = _Loop(cfg, engine=engine, schedule=schedule, loader=loader, teacher=teacher, sparse=sparse,
                  updater=updater, counters=counters, evaluate=lambda: evaluate(engine), vocab=vocab)
-    return Run(engine, counters, checkpoints, loop)
+    return Run(engine, counters, checkpoints, loop, memory)
 
 
 def train(cfg: TrainConfig, *, ds_config_path: str, resume: str | None = None, stop_at: int | None = None) -> dict:
@@ -225,7 +231,9 @@ def train(cfg: TrainConfig, *, ds_config_path: str, resume: str | None = None, s
                                  f"last good checkpoint is {checkpoints.last_good() or 'none'}")
         checkpoints.save(counters.step)
 
-    ended = run.loop.run(stop_at=stop_at, save=save, last_good=checkpoints.last_good)
+    run.memory.reset_peak()
+    ended = run.loop.run(stop_at=stop_at, save=save, last_good=checkpoints.last_good, memory=run.memory)
+    _report_memory(cfg, run.loop.train_peak, cuda=run.memory.cuda)
     final = os.path.join(checkpoints_dir(cfg.out_dir), tag_name(counters.step))
     if ended.startswith("preempted"):
         log.info("%s at step %d: checkpoint %s is complete; resume with --resume auto (same command)", ended,
@@ -233,6 +241,22 @@ def train(cfg: TrainConfig, *, ds_config_path: str, resume: str | None = None, s
     else:
         log.info("done: %d steps, %d tokens; checkpoint %s", counters.step, counters.tokens, final)
     return {"step": counters.step, "tokens": counters.tokens, "checkpoint": final, "ended": ended}
+
+
+def _report_memory(cfg: TrainConfig, peak: int | None, *, cuda: bool) -> None:
+    """Collective: the peak memory of the training steps (before the final save) over the ranks, logged
+    and written to ``memory.json`` in the run folder (what ``launchers/plan.py`` predicts)."""
+    high, low = (collectives.all_reduce_floats([-1.0 if peak is None else float(peak)], op)[0] for op in ("max", "min"))
+    if high < 0 or not collectives.is_rank_zero():
+        return
+    what = "torch.cuda.max_memory_allocated" if cuda else "peak resident memory above the interpreter's own"
+    log.info("peak memory of the training steps: %.3f GB on the busiest rank, %.3f GB on the least busy (%s)",
+             high / 1e9, low / 1e9, what)
+    from ast_ds.atomic import write_json_atomic
+
+    write_json_atomic(os.path.join(cfg.out_dir, "memory.json"),
+                      {"peak_bytes_max_rank": int(high), "peak_bytes_min_rank": int(low), "measure": what,
+                       "world_size": collectives.rank_world()[1]})
 
 
 class _Loop:
@@ -247,7 +271,7 @@ class _Loop:
         self.grad_accum = cfg.grad_accum(self.world)
         self.nonfinite, self.faults = NonFiniteGuard(cfg.max_nonfinite_steps), Faults()
 
-    def run(self, *, stop_at: int | None, save, last_good) -> str:
+    def run(self, *, stop_at: int | None, save, last_good, memory: MemoryMeter | None = None) -> str:
         """Train to the end, to ``stop_at``, or to an agreed preemption; save; return how it ended."""
         cfg, c = self.cfg, self.counters
         # opened here, after any resume: rows past the restored step (from a run cut short) are dropped
@@ -279,6 +303,7 @@ class _Loop:
                     break
                 if cfg.save_every and c.step % cfg.save_every == 0 and c.step < cfg.total_steps:
                     save()
+            self.train_peak = memory.peak_bytes() if memory is not None else None  # before the final save
             save()
         if self.rank == 0:
             self.metrics.plot(os.path.join(cfg.out_dir, "curves.png"))
