@@ -103,10 +103,9 @@ class _Exporter:
             value = self.files.full(name)
             if name in self.pieces:
                 value = self._masked(name, value)  # cast first: masking the 16-bit copy is the same, and cheaper
+                self.layers[name] = layer_report(value, n=self.n, m=self.m)
             else:
                 value = value.to(self.dtype)
-            if name in self.pieces:
-                self.layers[name] = layer_report(value, n=self.n, m=self.m)
             yield name, value
 
     def _masked(self, name: str, weight: torch.Tensor) -> torch.Tensor:

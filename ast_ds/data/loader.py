@@ -73,7 +73,8 @@ class MultiDomainLoader:
 
     ``domains`` (default: all, in manifest order) fixes the domain index used in ``batch["domain"]``.
     ``global_batch`` (default ``micro_batch`` × world size) is the rows of one optimizer step over all
-    ranks; a multiple of ``micro_batch`` × world size. ``weights`` is the owner of the domain weights, a :class:`DomainWeightUpdater` over the same domains
+    ranks; a multiple of ``micro_batch`` × world size. ``weights`` is the owner of the domain weights,
+    a :class:`DomainWeightUpdater` over the same domains
     (the trainer's, which changes them between batches), or a mapping for constant weights, or None for
     weights proportional to each domain's rows; the loader only reads them (``domain_weights``).
     """
