@@ -21,9 +21,11 @@ def free_port() -> int:
 
 def run_torchrun(script: str, nproc: int, args: list[str], *, timeout: int = 600,
                  launcher: str = "torchrun", check: bool = True) -> subprocess.CompletedProcess:
-    """Run ``tests/dist/<script>`` (or an absolute script path) on ``nproc`` CPU processes; fail the test
+    """Run ``tests/dist/<script>`` (or an absolute script path) on ``nproc`` CPU processes (GPUs with
+    ``$AST_DS_TEST_ACCELERATOR=cuda``); fail the test
     with the output tail on error."""
-    env = dict(os.environ, DS_ACCELERATOR="cpu", OMP_NUM_THREADS="1", PYTHONPATH=ROOT, TOKENIZERS_PARALLELISM="false",
+    # $AST_DS_TEST_ACCELERATOR=cuda runs the workers on the GPU (benchmarks/gpu_check.sh); CPU otherwise
+    env = dict(os.environ, DS_ACCELERATOR=os.environ.get("AST_DS_TEST_ACCELERATOR", "cpu"), OMP_NUM_THREADS="1", PYTHONPATH=ROOT, TOKENIZERS_PARALLELISM="false",
                PYTHONWARNINGS="ignore::FutureWarning,ignore::UserWarning,ignore::DeprecationWarning")
     script = os.path.join(ROOT, "tests", "dist", script)  # join keeps an absolute path as is
     if launcher in ("deepspeed", "supervised"):  # the launcher users run; it sets LOCAL_SIZE, not LOCAL_WORLD_SIZE

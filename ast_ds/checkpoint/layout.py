@@ -68,8 +68,13 @@ def ds_model_file(tag_dir: str, rank: int) -> str:
 
 
 def ds_optim_file(tag_dir: str, rank: int) -> str:
-    """DeepSpeed's per-rank ZeRO-3 optimizer file (this rank's fp32 flat partitions and optimizer state)."""
-    return os.path.join(tag_dir, f"zero_pp_rank_{rank}_mp_rank_00_optim_states.pt")
+    """DeepSpeed's per-rank ZeRO-3 optimizer file (this rank's fp32 flat partitions and optimizer state).
+
+    DeepSpeed prefixes it with ``bf16_`` when the engine ran in bf16 (``_get_zero_ckpt_prefix``); the name
+    that exists is returned, the plain one when neither does (for the error message)."""
+    plain = os.path.join(tag_dir, f"zero_pp_rank_{rank}_mp_rank_00_optim_states.pt")
+    bf16 = os.path.join(tag_dir, f"bf16_zero_pp_rank_{rank}_mp_rank_00_optim_states.pt")
+    return bf16 if not os.path.isfile(plain) and os.path.isfile(bf16) else plain
 
 
 def is_complete(tag_dir: str) -> bool:

@@ -31,7 +31,10 @@ def main():
     from ast_ds.sparsity import DecaySchedule
     from ast_ds.zero import ShardedMasks
 
-    deepspeed.init_distributed(dist_backend="gloo")
+    from deepspeed.accelerator import get_accelerator
+
+    on_cpu = get_accelerator().device_name() == "cpu"
+    deepspeed.init_distributed(dist_backend="gloo" if on_cpu else None)  # GPU (benchmarks/gpu_check.sh): nccl
     rank, world = torch.distributed.get_rank(), torch.distributed.get_world_size()
     model = tiny_llama(seed=cfg["seed"])
     targets = target_names(model)
@@ -72,7 +75,7 @@ def main():
     snaps, grads, norms, losses, flips = [snapshot()], [], [], [], []
     for step in range(cfg["steps"]):
         for micro in range(cfg["grad_accum"]):
-            ids = batch(step=step, micro=micro, rank=rank)
+            ids = batch(step=step, micro=micro, rank=rank).to(engine.device)
             loss = engine(input_ids=ids, labels=ids).loss
             engine.backward(loss)
             if micro == cfg["grad_accum"] - 1:  # the reduced, accumulated gradient the optimizer will see
@@ -85,7 +88,7 @@ def main():
         flips.append(masks.flip_rates())
         snaps.append(snapshot())
     if rank == 0:
-        torch.save({"snapshots": snaps, "grads": grads, "grad_norms": norms, "losses": losses, "flips": flips, "world_size": world,
+        torch.save({"device": str(engine.device), "snapshots": snaps, "grads": grads, "grad_norms": norms, "losses": losses, "flips": flips, "world_size": world,
                     "state_bytes": masks.state_bytes(), "local_numel": masks.local_numel()},
                    os.path.join(args.out, "snapshots.pt"))
     torch.distributed.barrier()
