@@ -107,11 +107,16 @@ def add_weight_scaling(model: torch.nn.Module, targets: list[str], *, groups: in
 
 # ---------------------------------------------------------------------- export and reload
 def load_exported(model_dir: str, *, dtype=torch.float32):
-    """Load an exported folder, rebuilding SLoRB branches when ``ast_ds_modules.json`` lists them.
+    """Load an exported folder, rebuilding SLoRB branches when ``ast_ds_modules.json`` lists them, or
+    dequantizing a ``launchers/quantize.py`` folder.
     Plain N:M exports load with ``AutoModelForCausalLM.from_pretrained`` alone."""
     from safetensors import safe_open
     from transformers import AutoModelForCausalLM
 
+    from ast_ds.quant import is_quantized, load_quantized
+
+    if is_quantized(model_dir):  # launchers/quantize.py output: dequantized (fake quant)
+        return load_quantized(model_dir, dtype=dtype)
     path = os.path.join(model_dir, EXPORT_FILE)
     modules = {}
     if os.path.isfile(path):

@@ -54,11 +54,10 @@ class _StopForward(Exception):
 
 
 @torch.no_grad()
-def prune_layerwise(model, targets: list[str], inputs: torch.Tensor, *, method: str, n: int, m: int,
-                    blocksize: int = 128, percdamp: float = 0.01, micro_batch: int = 8) -> None:
-    """Wanda / SparseGPT on ``model`` in place, block by block (module docstring)."""
-    from ast_ds.sparsity.oneshot_math import sparsegpt_prune, wanda_mask
-
+def layerwise(model, targets: list[str], inputs: torch.Tensor, *, stat: str, process, micro_batch: int = 8) -> None:
+    """Block by block: collect ``stat`` of every target linear's inputs ("sq": Σ x_j², "hessian": Σ xᵀx) in
+    one pass that stops after the block, then ``process(name, linear, stat)`` each of them (in place), so
+    block i's statistics come from blocks 0..i−1 already processed (Wanda, SparseGPT, GPTQ)."""
     lists = [(n, mod) for n, mod in model.named_modules() if isinstance(mod, torch.nn.ModuleList) and
              n.endswith("layers")]  # LLaMA: model.layers; OPT: model.decoder.layers
     if len(lists) != 1:
@@ -75,7 +74,7 @@ def prune_layerwise(model, targets: list[str], inputs: torch.Tensor, *, method: 
         def collect(name):
             def hook(module, args, output):
                 x = args[0].detach().reshape(-1, args[0].shape[-1]).double()
-                s = (x * x).sum(0) if method == "wanda" else x.T @ x
+                s = (x * x).sum(0) if stat == "sq" else x.T @ x
                 stats[name] = s if stats[name] is None else stats[name] + s
             return hook
 
@@ -94,13 +93,24 @@ def prune_layerwise(model, targets: list[str], inputs: torch.Tensor, *, method: 
             for h in handles:
                 h.remove()
         for t, lin in linears.items():
-            w = lin.weight.data
-            if method == "wanda":
-                w.copy_(apply_mask(w, wanda_mask(w.float(), stats[t].float(), n=n, m=m)))
-            else:
-                pruned, keep = sparsegpt_prune(w.float(), stats[t], n=n, m=m, blocksize=blocksize,
-                                               percdamp=percdamp)
-                w.copy_(apply_mask(pruned, keep).to(w.dtype))
+            process(t, lin, stats[t])
+
+
+def prune_layerwise(model, targets: list[str], inputs: torch.Tensor, *, method: str, n: int, m: int,
+                    blocksize: int = 128, percdamp: float = 0.01, micro_batch: int = 8) -> None:
+    """Wanda / SparseGPT on ``model`` in place, block by block (module docstring)."""
+    from ast_ds.sparsity.oneshot_math import sparsegpt_prune, wanda_mask
+
+    def process(name, lin, stat):
+        w = lin.weight.data
+        if method == "wanda":
+            w.copy_(apply_mask(w, wanda_mask(w.float(), stat.float(), n=n, m=m)))
+        else:
+            pruned, keep = sparsegpt_prune(w.float(), stat, n=n, m=m, blocksize=blocksize, percdamp=percdamp)
+            w.copy_(apply_mask(pruned, keep).to(w.dtype))
+
+    layerwise(model, targets, inputs, stat="sq" if method == "wanda" else "hessian", process=process,
+              micro_batch=micro_batch)
 
 
 def prune_oneshot(model_dir: str, out: str, *, method: str = "magnitude", pattern: str = "2:4",

@@ -145,12 +145,13 @@ class ShardWriter:
 
 
 def write_hf_folder(out: str, *, tensors, config_dir: str, dtype: str, report, extra_files: dict[str, dict] | None = None,
-                    overwrite: bool = False, max_shard_bytes: int = DEFAULT_SHARD_BYTES) -> str:
+                    overwrite: bool = False, max_shard_bytes: int = DEFAULT_SHARD_BYTES, as_is=None) -> str:
     """``out/``: config.json (from ``config_dir``, torch_dtype updated), the weights as safetensors
     shards, the tokenizer files found in ``config_dir``, ``sparsity_report.json`` and ``extra_files``
     (name -> JSON). ``tensors``: a dict, or an iterable of (name, tensor) consumed once while the
     shards are written (streaming). ``report``: a dict, or a callable returning it once every tensor
-    is written (it may raise to abandon the folder). Built under a temporary name, then published."""
+    is written (it may raise to abandon the folder). ``as_is(name)``: true for tensors written in their own
+    dtype (quantized codes and scales). Built under a temporary name, then published."""
     if dtype not in DTYPES:
         raise ValueError(f"--dtype {dtype!r}: choose one of {', '.join(DTYPES)}")
     if os.path.exists(out) and not overwrite:
@@ -166,7 +167,7 @@ def write_hf_folder(out: str, *, tensors, config_dir: str, dtype: str, report, e
             json.dump(config, f, indent=2)
         writer = ShardWriter(tmp, max_shard_bytes)
         for name, value in (tensors.items() if isinstance(tensors, dict) else tensors):
-            writer.add(name, value.to(DTYPES[dtype]))
+            writer.add(name, value if as_is is not None and as_is(name) else value.to(DTYPES[dtype]))
         writer.finish()
         copy_tokenizer(config_dir, tmp)
         report = report() if callable(report) else report
