@@ -29,8 +29,9 @@ setup(
         "matplotlib>=3.7",
     ],
     extras_require={
-        # zstandard: the .jsonl.zst data tests; lm_eval: the harness test
-        "dev": ["pytest>=8", "ninja", "zstandard>=0.22", "lm_eval>=0.4,<0.5"],
+        # zstandard: the .jsonl.zst data tests; lm_eval: the harness test; peft: loading the LoRA adapter export
+        "dev": ["pytest>=8", "ninja", "zstandard>=0.22", "lm_eval>=0.4,<0.5", "peft>=0.13"],
+        "peft": ["peft>=0.13"],
         "lm_eval": ["lm_eval>=0.4,<0.5"],
         "zstd": ["zstandard>=0.22"],
     },

@@ -63,6 +63,19 @@ class DistillConfig:
 
 
 @dataclass(kw_only=True)
+class LoRAConfig:
+    rank: int = 16
+    """Adapter rank r (the paper fine-tunes its 2:4 LLaMA-2 with r = 64)."""
+    alpha: float = 32.0
+    """LoRA alpha; the adapter's output is scaled by alpha / rank."""
+    targets: list[str] = field(default_factory=lambda: list(LLAMA_TARGETS))
+    """Module names (last component) of the linears that get adapters (the N:M targets)."""
+    masked: bool = True
+    """true: forward (W + s·B·A) ⊙ m with the model's own N:M mask m = (W != 0), so the merge is exactly N:M;
+    false: plain LoRA, its merge re-pruned to N:M by magnitude at export (for comparison)."""
+
+
+@dataclass(kw_only=True)
 class OptimConfig:
     lr: float = 2e-5
     """Peak learning rate (after the linear warmup)."""
@@ -105,7 +118,8 @@ class DataConfig:
 @dataclass(kw_only=True)
 class TrainConfig:
     mode: str = "ast"
-    """ast (N:M sparse retraining with the teacher) | dense (no sparsity, no teacher)."""
+    """ast (N:M sparse retraining with the teacher) | dense (no sparsity, no teacher) | lora (adapters on a frozen
+    N:M model that keep its pattern: launchers/finetune.py)."""
     out_dir: str = "runs/default"
     """Run folder: resolved config, metrics, plots, hf_meta and checkpoints/."""
     total_steps: int = 15_000
@@ -141,6 +155,7 @@ class TrainConfig:
     model: ModelConfig = field(default_factory=ModelConfig)
     sparsity: SparsityConfig = field(default_factory=SparsityConfig)
     distill: DistillConfig = field(default_factory=DistillConfig)
+    lora: LoRAConfig = field(default_factory=LoRAConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     data: DataConfig = field(default_factory=DataConfig)
 
@@ -152,7 +167,11 @@ class TrainConfig:
             if not cond:
                 raise ValueError(f"config field {name}: {msg}")
 
-        need(self.mode in ("ast", "dense"), "mode", f"{self.mode!r} is not one of ast, dense")
+        need(self.mode in ("ast", "dense", "lora"), "mode", f"{self.mode!r} is not one of ast, dense, lora")
+        if self.mode == "lora":
+            need(self.lora.rank > 0 and self.lora.alpha > 0, "lora.rank/alpha", "must be > 0")
+            need(bool(self.lora.targets), "lora.targets", "name at least one linear (e.g. q_proj)")
+            need(self.distill.alpha == 0, "distill.alpha", "mode=lora trains with cross-entropy only; set --distill.alpha 0")
         need(self.precision in ("bf16", "fp32"), "precision", f"{self.precision!r} is not one of bf16, fp32")
         need(self.total_steps > 0, "total_steps", "must be > 0")
         need(self.micro_batch > 0, "micro_batch", "must be > 0")

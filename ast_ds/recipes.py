@@ -114,8 +114,31 @@ def demo_dense() -> TrainConfig:
     return cfg
 
 
+def finetune_demo() -> TrainConfig:
+    """Masked-LoRA fine-tuning of the demo's 2:4 model (CPU, 2 processes, fp32): rank 8, no teacher."""
+    cfg = TrainConfig(mode="lora", out_dir="runs/demo/finetune", total_steps=100, micro_batch=8, global_batch=16,
+                      precision="fp32", log_every=10, eval_every=25, eval_batches=4, save_every=50, keep_last=2)
+    cfg.lora.rank, cfg.lora.alpha = 8, 16.0
+    cfg.distill.alpha = 0.0
+    cfg.optim.lr, cfg.optim.warmup_steps, cfg.optim.min_lr_ratio, cfg.optim.weight_decay = 2e-3, 10, 0.1, 0.0
+    cfg.data.weights_mode = "constant"
+    return cfg
+
+
+def finetune() -> TrainConfig:
+    """Masked-LoRA fine-tuning of an exported 2:4 LLaMA-2 (paper Table 3: LoRA r = 64 on GSM8K; lr, steps and
+    batch are ours: a few epochs of a small task set)."""
+    cfg = TrainConfig(mode="lora", out_dir="runs/finetune", total_steps=1000, micro_batch=4, global_batch=64,
+                      precision="bf16", log_every=10, eval_every=100, save_every=200)
+    cfg.lora.rank, cfg.lora.alpha = 64, 128.0
+    cfg.distill.alpha = 0.0
+    cfg.optim.lr, cfg.optim.warmup_steps, cfg.optim.weight_decay = 2e-4, 50, 0.0
+    cfg.data.weights_mode = "constant"
+    return cfg
+
+
 RECIPES = {"llama2_7b": llama2_7b, "llama2_13b": llama2_13b, "cast_llama2_7b": cast_llama2_7b, "opt": opt,
-           "demo": demo, "demo_dense": demo_dense}
+           "demo": demo, "demo_dense": demo_dense, "finetune": finetune, "finetune_demo": finetune_demo}
 
 
 def get_recipe(name: str) -> TrainConfig:

@@ -141,5 +141,10 @@ class SparseTraining:
         self.masks.write_working_weights()
 
 
-def build_sparse_training(cfg: TrainConfig) -> SparseTraining | DenseTraining:
+def build_sparse_training(cfg: TrainConfig):
+    """The component of ``cfg.mode``: :class:`SparseTraining`, :class:`DenseTraining` or LoRA's."""
+    if cfg.mode == "lora":
+        from ast_ds.lora import LoRATraining
+
+        return LoRATraining(cfg.lora, pattern=cfg.sparsity.pattern)
     return SparseTraining(cfg.sparsity, total_steps=cfg.total_steps) if cfg.mode == "ast" else DenseTraining()

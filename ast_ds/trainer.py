@@ -59,8 +59,9 @@ def _param_groups(model, weight_decay: float):
     trainable = [p for _, p in named]
     matrix = [len(getattr(p, "ds_shape", p.shape)) >= 2 and not n.endswith(("slorb_s", "slorb_x", "cast_scale"))
               for n, p in named]
-    return [{"params": [p for p, mx in zip(trainable, matrix) if mx], "weight_decay": weight_decay},
-            {"params": [p for p, mx in zip(trainable, matrix) if not mx], "weight_decay": 0.0}]
+    groups = [{"params": [p for p, mx in zip(trainable, matrix) if mx], "weight_decay": weight_decay},
+              {"params": [p for p, mx in zip(trainable, matrix) if not mx], "weight_decay": 0.0}]
+    return [g for g in groups if g["params"]]  # LoRA trains matrices only; ZeRO drops empty groups
 
 
 @torch.no_grad()

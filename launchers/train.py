@@ -17,10 +17,10 @@ from ast_ds.config import add_override_arguments, apply_overrides, load_file, ov
 from ast_ds.recipes import ABLATIONS, RECIPES, apply_ablation, get_recipe
 
 
-def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def main(argv=None, *, doc: str = __doc__, default_recipe: str = "llama2_7b"):
+    parser = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--ds_config", required=True, help="DeepSpeed JSON (engine settings; trainer values may be \"auto\")")
-    parser.add_argument("--recipe", default="llama2_7b", choices=sorted(RECIPES), help="named starting config")
+    parser.add_argument("--recipe", default=default_recipe, choices=sorted(RECIPES), help="named starting config")
     parser.add_argument("--config", help="YAML/JSON file applied over the recipe")
     parser.add_argument("--ablation", choices=list(ABLATIONS), help="one of the paper's ablations: " + "; ".join(
         f"{name}: {what}" for name, (what, _) in ABLATIONS.items()))

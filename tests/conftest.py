@@ -39,3 +39,19 @@ def run_torchrun(script: str, nproc: int, args: list[str], *, timeout: int = 600
     if check and proc.returncode != 0:
         pytest.fail(f"{' '.join(cmd)} failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-6000:]}")
     return proc
+
+
+def tiny_workspace(root, *, docs_per_domain: int = 150, seq_len: int = 32, vocab: int = 256):
+    """The small end-to-end setting: the demo corpus, a tokenizer, prepared MDS data (``data``) and a random-init
+    2 x 64 LLaMA (``init``) under ``root`` (a pathlib.Path)."""
+    from ast_ds.data.prepare import prepare
+    from ast_ds.demo import init_model, make_corpus, train_tokenizer
+
+    raw = root / "raw"
+    make_corpus(str(raw), docs_per_domain=docs_per_domain)
+    tok = train_tokenizer(str(raw), str(root / "tok"), vocab_size=vocab)
+    prepare({d: str(raw / d) for d in ("stories", "facts", "arith", "code")}, tokenizer=tok, out=str(root / "data"),
+            seq_len=seq_len, eval_fraction=0.05, progress=False)
+    init_model(str(root / "init"), tokenizer_model=tok, vocab_size=vocab, hidden=64, intermediate=128, layers=2,
+               heads=2)
+    return root

@@ -9,25 +9,14 @@ import shutil
 import pytest
 import torch
 
-from conftest import ROOT, run_torchrun
+from conftest import ROOT, run_torchrun, tiny_workspace
 
 TRAIN = os.path.join(ROOT, "launchers", "train.py")
 
 
 @pytest.fixture(scope="module")
 def workspace(tmp_path_factory):
-    from ast_ds.data.prepare import prepare
-    from ast_ds.demo import init_model, make_corpus, train_tokenizer
-
-    root = tmp_path_factory.mktemp("e2e")
-    raw = root / "raw"
-    make_corpus(str(raw), docs_per_domain=150)
-    tok = train_tokenizer(str(raw), str(root / "tok"), vocab_size=256)
-    prepare({d: str(raw / d) for d in ("stories", "facts", "arith", "code")}, tokenizer=tok, out=str(root / "data"),
-            seq_len=32, eval_fraction=0.05, progress=False)
-    init_model(str(root / "init"), tokenizer_model=tok, vocab_size=256, hidden=64, intermediate=128, layers=2,
-               heads=2)
-    return root
+    return tiny_workspace(tmp_path_factory.mktemp("e2e"))
 
 
 def train_args(ws, out, *extra):

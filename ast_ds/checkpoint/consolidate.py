@@ -147,6 +147,9 @@ def consolidate(checkpoint: str, out: str, *, dtype: str = "bf16", overwrite: bo
         raise CheckpointError(f"{meta_dir}/config.json is missing: the run folder of {tag_dir} is incomplete")
     if os.path.exists(out) and not overwrite:
         raise CheckpointError(f"--out {out} already exists; remove it or pass --overwrite")
+    if meta.get(META_MODE) == "lora":
+        return _consolidate_lora(tag_dir, meta, rank_files, out, meta_dir=meta_dir, dtype=dtype, overwrite=overwrite,
+                                 max_shard_bytes=max_shard_bytes)
     sparse = meta.get(META_MODE) == "ast"
     exporter = _Exporter(_weights(tag_dir, len(rank_files)), _rank_sparsity_states(rank_files) if sparse else None,
                          meta.get(META_PATTERN), dtype)
@@ -165,3 +168,30 @@ def consolidate(checkpoint: str, out: str, *, dtype: str = "bf16", overwrite: bo
     write_hf_folder(out, tensors=exporter.tensors(), config_dir=meta_dir, dtype=dtype, report=report,
                     overwrite=overwrite, extra_files={EXPORT_FILE: exporter.modules}, max_shard_bytes=max_shard_bytes)
     return summary
+
+
+def _consolidate_lora(tag_dir: str, meta: dict, rank_files: list[str], out: str, *, meta_dir: str, dtype: str,
+                      overwrite: bool, max_shard_bytes: int) -> dict:
+    """A ``mode=lora`` run: the frozen base is read from the model folder it was trained on (checked
+    unchanged by fingerprint), the adapters from the checkpoint; see ``ast_ds.lora.export_lora``."""
+    import json
+
+    from ast_ds.checkpoint.layout import META_METHOD, META_MODEL
+    from ast_ds.lora import export_lora
+    from ast_ds.preflight import model_fingerprint
+
+    run_dir = run_dir_of(tag_dir)
+    with open(os.path.join(run_dir, "config.json")) as f:
+        base = os.path.abspath(json.load(f)["train"]["model"]["path"])
+    if not os.path.isdir(base):
+        raise CheckpointError(f"the LoRA run's base model {base} (model.path in {run_dir}/config.json) is missing; "
+                              f"the merged export needs it")
+    if meta.get(META_MODEL) and model_fingerprint(base) != meta[META_MODEL]:
+        raise CheckpointError(f"the base model {base} is not the architecture the LoRA run trained on; merge onto the "
+                              f"same folder")
+    targets = torch.load(rank_files[0], map_location="cpu", weights_only=False)[SPARSITY]["targets"]
+    info = {"checkpoint": os.path.abspath(tag_dir), "step": meta.get(META_STEP), "mode": "lora", "pure_nm": True}
+    return export_lora(_weights(tag_dir, len(rank_files)), base_dir=base, out=out, targets=targets,
+                       rank=int(meta["lora_rank"]), alpha=float(meta["lora_alpha"]), masked=meta.get(META_METHOD) == "masked",
+                       pattern=meta.get(META_PATTERN) or "2:4", dtype=dtype, meta_dir=meta_dir, overwrite=overwrite,
+                       max_shard_bytes=max_shard_bytes, info=info)

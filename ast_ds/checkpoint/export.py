@@ -145,13 +145,15 @@ class ShardWriter:
 
 
 def write_hf_folder(out: str, *, tensors, config_dir: str, dtype: str, report, extra_files: dict[str, dict] | None = None,
-                    overwrite: bool = False, max_shard_bytes: int = DEFAULT_SHARD_BYTES, as_is=None) -> str:
+                    overwrite: bool = False, max_shard_bytes: int = DEFAULT_SHARD_BYTES, as_is=None,
+                    extra_dirs: dict | None = None) -> str:
     """``out/``: config.json (from ``config_dir``, torch_dtype updated), the weights as safetensors
     shards, the tokenizer files found in ``config_dir``, ``sparsity_report.json`` and ``extra_files``
     (name -> JSON). ``tensors``: a dict, or an iterable of (name, tensor) consumed once while the
     shards are written (streaming). ``report``: a dict, or a callable returning it once every tensor
     is written (it may raise to abandon the folder). ``as_is(name)``: true for tensors written in their own
-    dtype (quantized codes and scales). Built under a temporary name, then published."""
+    dtype (quantized codes and scales). ``extra_dirs``: name -> callable(folder) that fills ``out/name`` (a
+    LoRA adapter). Built under a temporary name, then published."""
     if dtype not in DTYPES:
         raise ValueError(f"--dtype {dtype!r}: choose one of {', '.join(DTYPES)}")
     if os.path.exists(out) and not overwrite:
@@ -174,6 +176,9 @@ def write_hf_folder(out: str, *, tensors, config_dir: str, dtype: str, report, e
         for name, content in {"sparsity_report.json": report, **(extra_files or {})}.items():
             with open(os.path.join(tmp, name), "w") as f:
                 json.dump(content, f, indent=2)
+        for name, fill in (extra_dirs or {}).items():
+            os.makedirs(os.path.join(tmp, name))
+            fill(os.path.join(tmp, name))
         publish_dir(tmp, out)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
