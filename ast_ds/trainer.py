@@ -29,7 +29,8 @@ from ast_ds.checkpoint.layout import DOMAIN_WEIGHTS, LOADER, META_MODEL, RNG, SP
     checkpoints_dir, tag_name
 from ast_ds.config import TrainConfig, save_resolved
 from ast_ds.data.corpus import Corpus
-from ast_ds.distill import distill_loss, shift_labels
+from ast_ds.data.loader import labels_of
+from ast_ds.distill import distill_loss
 from ast_ds.faults import Faults
 from ast_ds.guards import NonFiniteError, NonFiniteGuard, PreemptionGuard, agree_step, weights_finite
 from ast_ds.memory import MemoryMeter
@@ -77,7 +78,11 @@ def domain_eval_losses(engine, corpus: Corpus, *, domains: list[str], micro_batc
         ids = batch["input_ids"].to(engine.device)
         logits = engine(input_ids=ids, use_cache=False).logits
         # one row at a time: the fp32 upcast of the logits stays [T, V]
-        return torch.stack([F.cross_entropy(logits[i, :-1].float(), ids[i, 1:]) for i in range(len(ids))])
+        if "loss_mask" not in batch:
+            return torch.stack([F.cross_entropy(logits[i, :-1].float(), ids[i, 1:]) for i in range(len(ids))])
+        # instruction data: response tokens only (a row without any gives NaN, left out of the domain's mean)
+        labels = labels_of(batch).to(engine.device)
+        return torch.stack([F.cross_entropy(logits[i].float(), labels[i]) for i in range(len(ids))])
 
     was_training = engine.training
     engine.eval()
@@ -312,21 +317,23 @@ class _Loop:
         self.metrics.close()
         return ended
 
-    def next_ids(self, step: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """The next micro-batch's token ids (checked against the vocabulary) and domains. A failure on one
-        rank (an unreadable shard, a bad token id) stops every rank before the forward's collectives."""
-        error, ids, domains = None, None, None
+    def next_ids(self, step: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """The next micro-batch's token ids (checked against the vocabulary), labels (instruction data: the
+        response tokens only) and domains. A failure on one rank (an unreadable shard, a bad token id) stops
+        every rank before the forward's collectives."""
+        error, ids, labels, domains = None, None, None, None
         try:
             self.faults.data_error(step, self.rank)
             batch = self.loader.next_batch()
             ids, domains = batch["input_ids"].to(self.engine.device), batch["domain"]
+            labels = labels_of(batch).to(self.engine.device)
             if int(ids.max()) >= self.vocab:
                 raise ValueError(f"token id {int(ids.max())} >= model vocabulary {self.vocab} in "
                                  f"{self.cfg.data.data_dir}")
         except Exception as e:  # noqa: BLE001 - agreed below, then raised on every rank
             error = e
         collectives.raise_if_any(error, what=f"reading the batch of step {step}")
-        return ids, domains
+        return ids, labels, domains
 
     def train_step(self) -> tuple[torch.Tensor, list[float], list[str]]:
         """One optimizer step over ``grad_accum`` micro-batches: the summed (loss, KL, CE) of this rank,
@@ -334,9 +341,9 @@ class _Loop:
         cfg, step = self.cfg, self.counters.step + 1
         sums, losses, domains = torch.zeros(3, dtype=torch.float64), [], []
         for _ in range(self.grad_accum):
-            ids, batch_domains = self.next_ids(step)
+            ids, labels, batch_domains = self.next_ids(step)
             logits = self.engine(input_ids=ids, use_cache=False).logits
-            loss, kl, ce = distill_loss(logits, self.teacher.logits(ids), shift_labels(ids), alpha=self.teacher.alpha,
+            loss, kl, ce = distill_loss(logits, self.teacher.logits(ids), labels, alpha=self.teacher.alpha,
                                         temperature=cfg.distill.temperature, chunk_tokens=cfg.distill.chunk_tokens)
             if self.faults.nan_loss(step, self.rank):
                 loss = loss * float("nan")

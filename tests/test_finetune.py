@@ -137,3 +137,77 @@ def _eval_loss(model, ws):
                 losses.append(float(torch.nn.functional.cross_entropy(logits[:, :-1].reshape(-1, logits.shape[-1]),
                                                                       ids[:, 1:].reshape(-1))))
     return sum(losses) / len(losses)
+
+
+def qa_examples(n, seed):
+    import random
+
+    rng = random.Random(seed)
+    out = []
+    for _ in range(n):
+        a, b = rng.randint(1, 9), rng.randint(1, 9)
+        out.append({"prompt": f"Question: what is {a} plus {b}?", "response": f" The answer is {a + b}."})
+    return out
+
+
+def write_jsonl(path, rows):
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    with open(path, "w") as f:
+        f.writelines(json.dumps(r) + "\n" for r in rows)
+
+
+def test_labels_ignore_prompt_tokens_and_the_last_position():
+    from ast_ds.data.loader import labels_of
+
+    ids = torch.tensor([[1, 5, 6, 7, 2]])
+    mask = torch.tensor([[False, False, True, True, True]])
+    assert labels_of({"input_ids": ids}).tolist() == [[5, 6, 7, 2, -100]]
+    assert labels_of({"input_ids": ids, "loss_mask": mask}).tolist() == [[-100, 6, 7, 2, -100]]
+
+
+def test_instruction_rows_carry_a_response_only_loss_mask(workspace, tmp_path):
+    from ast_ds.data.corpus import Corpus
+    from ast_ds.data.loader import MultiDomainLoader
+    from ast_ds.data.prepare import DataPrepError, prepare
+    from ast_ds.data.tokenizer import load_tokenizer
+
+    rows = qa_examples(40, seed=0)
+    write_jsonl(str(tmp_path / "qa" / "part.jsonl"), rows)
+    tok_path = str(workspace / "tok.model")
+    prepare({"qa": str(tmp_path / "qa")}, tokenizer=tok_path, out=str(tmp_path / "data"), seq_len=32,
+            eval_fraction=0.0, prompt_field="prompt", response_field="response", progress=False)
+    tok = load_tokenizer(tok_path)
+    stream, mask = [], []
+    for r in rows:
+        p, a = tok.encode(r["prompt"]), tok.encode(r["response"])
+        stream += [tok.bos_id] + p + a + [tok.eos_id]
+        mask += [0] * (1 + len(p)) + [1] * (len(a) + 1)
+    reader = Corpus(str(tmp_path / "data")).split("qa", "train")
+    n = len(reader)
+    assert n == len(stream) // 32 and reader.has_loss_mask
+    assert reader.rows(range(n)).reshape(-1).tolist() == stream[:n * 32]
+    assert reader.loss_masks(range(n)).reshape(-1).tolist() == mask[:n * 32]
+    batch = MultiDomainLoader(Corpus(str(tmp_path / "data")), micro_batch=4, rank=0, world_size=1).next_batch()
+    assert batch["loss_mask"].dtype == torch.bool and batch["loss_mask"].shape == batch["input_ids"].shape
+    with pytest.raises(DataPrepError, match="--prompt_field and --response_field go together"):
+        prepare({"qa": str(tmp_path / "qa")}, tokenizer=tok_path, out=str(tmp_path / "x"), seq_len=32,
+                prompt_field="prompt", progress=False)
+
+
+@pytest.mark.multiprocess
+def test_zero2_lora_on_instruction_data_learns_the_responses(workspace, tmp_path):
+    from ast_ds.checkpoint.consolidate import consolidate
+    from ast_ds.data.prepare import prepare
+
+    write_jsonl(str(tmp_path / "qa" / "part.jsonl"), qa_examples(400, seed=1))
+    prepare({"qa": str(tmp_path / "qa")}, tokenizer=str(workspace / "tok.model"), out=str(tmp_path / "data"),
+            seq_len=32, eval_fraction=0.1, prompt_field="prompt", response_field="response", progress=False)
+    out = tmp_path / "run"
+    run_torchrun(FINETUNE, 2, args(workspace, out, "--ds_config", os.path.join(ROOT, "ds_configs", "zero2.json"),
+                                   "--data.data_dir", str(tmp_path / "data"), "--eval_every", "8",
+                                   "--total_steps", "16"))
+    m = metrics(out)
+    first, last = float(m[8]["eval_loss/qa"]), float(m[16]["eval_loss/qa"])
+    assert last < first, (first, last)  # the held-out response loss keeps falling
+    report = consolidate(str(out), str(tmp_path / "merged"), dtype="fp32")
+    assert report["all_ok"] and report["num_targets"] == 14

@@ -20,7 +20,7 @@ import os
 import numpy as np
 
 from ast_ds.atomic import atomic_path
-from ast_ds.data.manifest import MANIFEST_NAME, SPLITS, TOKENS_COLUMN, read_manifest, split_dir
+from ast_ds.data.manifest import LOSS_MASK_COLUMN, MANIFEST_NAME, SPLITS, TOKENS_COLUMN, read_manifest, split_dir
 
 # the files a tokenizer copy can consist of (SentencePiece: the first three; HF: any of them)
 TOKENIZER_FILES = ("tokenizer.model", "tokenizer_config.json", "special_tokens_map.json", "tokenizer.json",
@@ -36,6 +36,8 @@ class SplitReader:
         self.local, self.remote = local, remote
         self.dataset = StreamingDataset(local=local, remote=remote, shuffle=False, batch_size=1)
         self.num_rows = int(self.dataset.num_samples)
+        shards = getattr(self.dataset, "shards", [])
+        self.has_loss_mask = bool(shards) and LOSS_MASK_COLUMN in getattr(shards[0], "column_names", [])
 
     def __len__(self) -> int:
         return self.num_rows
@@ -43,6 +45,12 @@ class SplitReader:
     def rows(self, indices) -> np.ndarray:
         """[len(indices), seq_len] token ids, in the order given."""
         return np.stack([self.dataset[int(i)][TOKENS_COLUMN] for i in indices])
+
+    def loss_masks(self, indices) -> np.ndarray | None:
+        """[len(indices), seq_len] uint8 loss masks of instruction data (1 = a response token); None for text."""
+        if not self.has_loss_mask:
+            return None
+        return np.stack([self.dataset[int(i)][LOSS_MASK_COLUMN] for i in indices])
 
 
 # one reader per process and folder: streaming forbids reusing a local folder for a second remote

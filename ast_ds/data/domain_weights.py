@@ -77,6 +77,8 @@ def measure_domain_losses(loss_fn: Callable[[dict], torch.Tensor], corpus, *, do
             if per_row.numel() != len(batch["input_ids"]):
                 raise ValueError(f"loss_fn returned {per_row.numel()} values for a batch of "
                                  f"{len(batch['input_ids'])} rows; it must return one loss per row")
+            if "loss_mask" in batch:  # instruction data: a row of prompt tokens only has no loss (NaN)
+                per_row = per_row[~torch.isnan(per_row)]
             total += float(per_row.sum())
             rows += per_row.numel()
         sums += [total, float(rows)]

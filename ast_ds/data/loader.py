@@ -63,13 +63,36 @@ ROW_LOG_ENV = "AST_DS_ROW_LOG"
 STATE_VERSION = 3  # 2: the domain weights moved to their owner; 3: the stream is per global batch
 
 
-def _to_batch(rows: np.ndarray, domain: np.ndarray) -> dict[str, torch.Tensor]:
-    return {"input_ids": torch.from_numpy(rows.astype(np.int64)),
-            "domain": torch.from_numpy(np.asarray(domain, dtype=np.int64))}
+def _to_batch(rows: np.ndarray, domain: np.ndarray, loss_mask: np.ndarray | None = None) -> dict[str, torch.Tensor]:
+    batch = {"input_ids": torch.from_numpy(rows.astype(np.int64)),
+             "domain": torch.from_numpy(np.asarray(domain, dtype=np.int64))}
+    if loss_mask is not None:  # instruction data: 1 where the token is a target (a response token)
+        batch["loss_mask"] = torch.from_numpy(loss_mask.astype(np.bool_))
+    return batch
+
+
+def labels_of(batch: dict[str, torch.Tensor], ignore_index: int = -100) -> torch.Tensor:
+    """Next-token labels of a batch: position t predicts token t+1, ignored where that token is not a target
+    (instruction data: prompt tokens) and at the last position."""
+    from ast_ds.distill import shift_labels
+
+    labels = shift_labels(batch["input_ids"], ignore_index)
+    if "loss_mask" in batch:
+        labels[:, :-1][~batch["loss_mask"][:, 1:]] = ignore_index
+    return labels
+
+
+def _loss_masks(readers, pairs, seq_len: int) -> np.ndarray | None:
+    """The rows' loss masks when any domain has them (all ones for a text domain mixed in), else None."""
+    if not any(readers[d].has_loss_mask for d, _ in pairs):
+        return None
+    return np.stack([m[0] if (m := readers[d].loss_masks([i])) is not None else np.ones(seq_len, np.uint8)
+                     for d, i in pairs])
 
 
 class MultiDomainLoader:
-    """Infinite micro-batches ``{"input_ids": LongTensor[B, T], "domain": LongTensor[B]}`` mixed by weight.
+    """Infinite micro-batches ``{"input_ids": LongTensor[B, T], "domain": LongTensor[B]}`` mixed by weight
+    (plus ``"loss_mask"``: BoolTensor[B, T] for instruction data, see :func:`labels_of`).
 
     ``domains`` (default: all, in manifest order) fixes the domain index used in ``batch["domain"]``.
     ``global_batch`` (default ``micro_batch`` × world size) is the rows of one optimizer step over all
@@ -135,7 +158,9 @@ class MultiDomainLoader:
         domains, rows = self._plan
         lo = (self._read * self.world_size + self.rank) * self.micro_batch
         mine = slice(lo, lo + self.micro_batch)
-        batch = np.stack([self._readers[d].rows([int(i)])[0] for d, i in zip(domains[mine], rows[mine])])
+        pairs = [(int(d), int(i)) for d, i in zip(domains[mine], rows[mine])]
+        batch = np.stack([self._readers[d].rows([i])[0] for d, i in pairs])
+        masks = _loss_masks(self._readers, pairs, batch.shape[1])
         if self._row_log:
             with open(self._row_log, "a") as f:
                 f.write(json.dumps({"batch": self.batches, "rows": [[self.domains[int(d)], int(i)] for d, i in
@@ -144,7 +169,7 @@ class MultiDomainLoader:
         self._read += 1
         if self._read * self.world_size * self.micro_batch == self.global_batch:
             self._plan, self._start, self._read = None, None, 0
-        return _to_batch(batch, domains[mine])
+        return _to_batch(batch, domains[mine], masks)
 
     def _draw_plan(self) -> None:
         """The domains and rows of the next global batch (the same on every rank)."""
@@ -244,4 +269,4 @@ def eval_batches(corpus: Corpus, *, domain: str, micro_batch: int, max_batches: 
         n_batches = min(n_batches, max_batches)
     for b in range(n_batches):
         idx = mine[b * micro_batch:(b + 1) * micro_batch]
-        yield _to_batch(reader.rows(idx), np.full(len(idx), index))
+        yield _to_batch(reader.rows(idx), np.full(len(idx), index), reader.loss_masks(idx))

@@ -5,7 +5,8 @@ Layout written by ``ast_ds.data.prepare``::
     DIR/manifest.json             written last: its presence means the corpus is complete
     DIR/tokenizer/                the tokenizer, as a Hugging Face folder (``Tokenizer.save_to``)
     DIR/<domain>/train/           MDS shards (index.json + shard.NNNNN.mds), one column "tokens":
-    DIR/<domain>/eval/            ndarray:<dtype>:<seq_len>, one fixed-length row per sample
+    DIR/<domain>/eval/            ndarray:<dtype>:<seq_len>, one fixed-length row per sample; instruction data
+                              adds "loss_mask" (ndarray:uint8:<seq_len>, 1 on response tokens and their EOS)
 
 Reading a row back: ``StreamingDataset(local=DIR/<domain>/<split>)[i]["tokens"]`` is a numpy array
 of ``seq_len`` token ids of the manifest's ``dtype`` (see ``ast_ds.data.packing`` for how documents
@@ -23,6 +24,7 @@ FORMAT = "ast_ds-mds-tokens"
 VERSION = 1
 SPLITS = ("train", "eval")
 TOKENS_COLUMN = "tokens"
+LOSS_MASK_COLUMN = "loss_mask"  # instruction data only (--prompt_field/--response_field): uint8, 1 = a response token
 
 
 @dataclass

@@ -40,7 +40,7 @@ from typing import Iterator
 import numpy as np
 
 from ast_ds.atomic import publish_dir, write_json_atomic
-from ast_ds.data.manifest import (FORMAT, MANIFEST_NAME, SPLITS, TOKENS_COLUMN, VERSION, SplitCounts, format_counts,
+from ast_ds.data.manifest import (FORMAT, LOSS_MASK_COLUMN, MANIFEST_NAME, SPLITS, TOKENS_COLUMN, VERSION, SplitCounts, format_counts,
                                   split_dir)
 from ast_ds.data.packing import RowPacker, choose_eval_docs, eval_doc_count, token_dtype
 from ast_ds.data.sources import DataPrepError, Domain, count_documents, discover_domain, iter_documents, \
@@ -78,6 +78,10 @@ class PrepareOptions:
                            help="tokens per row; documents are packed as [BOS] ids [EOS] back to back, the final "
                                 "tail of each domain and split (< seq_len tokens) is dropped and counted")
     text_field: str = _option("text", group=INPUT, help="the JSON field that holds each document's text")
+    prompt_field: str = _option("", group=INPUT,
+                                help="instruction data: the JSON field of each example's prompt (with "
+                                     "--response_field); rows then carry a loss mask that is 1 on response tokens only")
+    response_field: str = _option("", group=INPUT, help="instruction data: the JSON field of each example's response")
     eval_fraction: float = _option(0.01, group=EVAL_SPLIT, exclusive="eval size",
                                    help="fraction of each domain's documents held out (at least one when > 0; "
                                         "0 = no eval split)")
@@ -98,6 +102,9 @@ class PrepareOptions:
             raise DataPrepError(f"--eval_docs {self.eval_docs}: must be >= 0")
         if not self.text_field:
             raise DataPrepError("--text_field: must not be empty")
+        if bool(self.prompt_field) != bool(self.response_field):
+            raise DataPrepError("--prompt_field and --response_field go together (instruction data); set both or "
+                                "neither")
 
     @classmethod
     def from_kwargs(cls, options: dict) -> PrepareOptions:
@@ -223,6 +230,7 @@ class ChunkResult:
     tokens: dict[str, np.ndarray]  # split → concatenated [BOS] + ids + [EOS] of the kept documents
     counts: dict[str, SplitCounts]  # only the docs_* fields are set here
     error: str | None = None
+    loss_mask: dict[str, np.ndarray] | None = None  # instruction data: 1 where a token is a response token
 
 
 @dataclass(frozen=True)
@@ -231,6 +239,8 @@ class WorkerSettings:
     text_field: str
     skip_bad_lines: bool
     dtype: str
+    prompt_field: str = ""
+    response_field: str = ""
 
 
 _WORKER: dict = {}
@@ -238,11 +248,14 @@ _WORKER: dict = {}
 
 def _init_worker(settings: WorkerSettings) -> None:
     _WORKER.update(tok=load_tokenizer(settings.tokenizer), text_field=settings.text_field,
+                   pair=(settings.prompt_field, settings.response_field) if settings.prompt_field else None,
                    skip_bad_lines=settings.skip_bad_lines, dtype=np.dtype(settings.dtype))
 
 
-def _parse_line(line: bytes, *, path: str, lineno: int, text_field: str) -> tuple[str | None, str | None]:
-    """(text, None) or (None, error message naming the file and line)."""
+def _parse_line(line: bytes, *, path: str, lineno: int, text_field: str,
+                pair: tuple[str, str] | None = None) -> tuple[str | tuple[str, str] | None, str | None]:
+    """(text, None) or (None, error message naming the file and line); with ``pair`` (prompt and response
+    fields) the text is the (prompt, response) tuple."""
     where = f"{path}:{lineno}"
     fix = "fix the line or pass --skip_bad_lines"
     try:
@@ -254,31 +267,39 @@ def _parse_line(line: bytes, *, path: str, lineno: int, text_field: str) -> tupl
         obj = json.loads(decoded)
     except json.JSONDecodeError as e:
         return None, f"{where}: malformed JSON ({e.msg} at column {e.colno}); {fix}"
-    if not isinstance(obj, dict) or text_field not in obj:
-        keys = sorted(obj)[:8] if isinstance(obj, dict) else f"a JSON {type(obj).__name__}, not an object"
-        return None, f"{where}: no {text_field!r} field (found: {keys}); set --text_field or {fix}"
-    text = obj[text_field]
-    if not isinstance(text, str):
-        return None, f"{where}: field {text_field!r} is a JSON {type(text).__name__}, not a string; {fix}"
-    return text, None
+    values = []
+    for name, flag in ((pair[0], "--prompt_field"), (pair[1], "--response_field")) if pair else ((text_field, "--text_field"),):
+        if not isinstance(obj, dict) or name not in obj:
+            keys = sorted(obj)[:8] if isinstance(obj, dict) else f"a JSON {type(obj).__name__}, not an object"
+            return None, f"{where}: no {name!r} field (found: {keys}); set {flag} or {fix}"
+        if not isinstance(obj[name], str):
+            return None, f"{where}: field {name!r} is a JSON {type(obj[name]).__name__}, not a string; {fix}"
+        values.append(obj[name])
+    return (tuple(values) if pair else values[0]), None
 
 
 def tokenize_chunk(chunk: Chunk) -> ChunkResult:
     tok, field_name, dtype = _WORKER["tok"], _WORKER["text_field"], _WORKER["dtype"]
     ids = {s: [] for s in SPLITS}
+    pair = _WORKER.get("pair")
+    masks = {s: [] for s in SPLITS} if pair else None
     counts = {s: SplitCounts() for s in SPLITS}
     bos, eos = tok.bos_id, tok.eos_id
     for lineno, line, is_eval in zip(chunk.linenos, chunk.lines, chunk.is_eval):
         split = "eval" if is_eval else "train"
         c = counts[split]
         c.docs_read += 1
-        text, error = _parse_line(line, path=chunk.path, lineno=lineno, text_field=field_name)
-        if text is not None and not text.strip():
+        text, error = _parse_line(line, path=chunk.path, lineno=lineno, text_field=field_name, pair=pair)
+        if text is not None and not (text[1] if pair else text).strip():  # an example without a response: empty
             c.docs_skipped_empty += 1
             continue
         if text is not None:
             try:
-                encoded = tok.encode(text)
+                if pair:
+                    prompt_ids, response_ids = tok.encode(text[0]) if text[0] else [], tok.encode(text[1])
+                    encoded = prompt_ids + response_ids
+                else:
+                    encoded = tok.encode(text)
             except UnicodeEncodeError as e:
                 error = f"{chunk.path}:{lineno}: text is not encodable as UTF-8 ({e.reason}, e.g. an unpaired " \
                         f"surrogate escape); fix the line or pass --skip_bad_lines"
@@ -291,8 +312,11 @@ def tokenize_chunk(chunk: Chunk) -> ChunkResult:
         out.append(bos)
         out.extend(encoded)
         out.append(eos)
+        if pair:  # the loss covers the response and its EOS; BOS and the prompt are context only
+            masks[split].extend([0] * (1 + len(prompt_ids)) + [1] * (len(response_ids) + 1))
         c.docs_written += 1
-    return ChunkResult(chunk.domain, {s: np.asarray(v, dtype) for s, v in ids.items()}, counts)
+    return ChunkResult(chunk.domain, {s: np.asarray(v, dtype) for s, v in ids.items()}, counts,
+                       loss_mask={s: np.asarray(v, np.uint8) for s, v in masks.items()} if pair else None)
 
 
 def _chunks(domains: list[Domain], eval_docs: dict[str, np.ndarray]) -> Iterator[Chunk]:
@@ -362,6 +386,7 @@ class _DomainOutput:
     packers: dict[str, RowPacker]
     writers: dict
     counts: dict[str, SplitCounts] = field(default_factory=lambda: {s: SplitCounts() for s in SPLITS})
+    mask_packers: dict[str, RowPacker] | None = None  # instruction data: the loss mask, packed alongside
 
     def add(self, result: ChunkResult) -> None:
         for split, c in result.counts.items():
@@ -370,8 +395,12 @@ class _DomainOutput:
             if not len(tokens):
                 continue
             rows = self.packers[split].add(tokens)
-            for row in rows:
-                self.writers[split].write({TOKENS_COLUMN: row})
+            if self.mask_packers is None:
+                for row in rows:
+                    self.writers[split].write({TOKENS_COLUMN: row})
+            else:
+                for row, mask in zip(rows, self.mask_packers[split].add(result.loss_mask[split])):
+                    self.writers[split].write({TOKENS_COLUMN: row, LOSS_MASK_COLUMN: mask})
             self.counts[split].rows += len(rows)
 
     def finish(self, seq_len: int) -> None:
@@ -390,7 +419,8 @@ def _prepare_into(tmp: str, *, domains: list[Domain], opts: PrepareOptions, tok,
         if not 0 <= value < tok.vocab_size:
             raise DataPrepError(f"--tokenizer {opts.tokenizer}: {special}={value} lies outside the vocabulary "
                                 f"(size {tok.vocab_size})")
-    settings = WorkerSettings(opts.tokenizer, opts.text_field, opts.skip_bad_lines, dtype.name)
+    settings = WorkerSettings(opts.tokenizer, opts.text_field, opts.skip_bad_lines, dtype.name, opts.prompt_field,
+                              opts.response_field)
     with _tokenizer_pool(workers, settings) as pool:
         n_docs, eval_idx = _count_and_choose_eval(domains, opts, progress=progress)
         tok.save_to(os.path.join(tmp, "tokenizer"))
@@ -451,13 +481,16 @@ def _tokenize_and_write(tmp: str, *, domains: list[Domain], opts: PrepareOptions
     from tqdm import tqdm
 
     column = {TOKENS_COLUMN: f"ndarray:{dtype.name}:{opts.seq_len}"}
+    if opts.prompt_field:
+        column[LOSS_MASK_COLUMN] = f"ndarray:uint8:{opts.seq_len}"
     outputs: dict[str, _DomainOutput] = {}
     for d in domains:
         splits = SPLITS if len(eval_idx[d.name]) else ("train",)
         outputs[d.name] = _DomainOutput(
             packers={s: RowPacker(opts.seq_len, dtype) for s in splits},
             writers={s: MDSWriter(out=split_dir(tmp, d.name, s), columns=column, size_limit=opts.shard_size_limit)
-                     for s in splits})
+                     for s in splits},
+            mask_packers={s: RowPacker(opts.seq_len, np.uint8) for s in splits} if opts.prompt_field else None)
     bar = tqdm(total=sum(n_docs.values()), desc="tokenizing", unit="doc", disable=not progress)
     results = _ordered_results(_chunks(domains, eval_idx), pool)
     try:
