@@ -41,17 +41,11 @@ def run_torchrun(script: str, nproc: int, args: list[str], *, timeout: int = 600
     return proc
 
 
-def tiny_workspace(root, *, docs_per_domain: int = 150, seq_len: int = 32, vocab: int = 256):
-    """The small end-to-end setting: the demo corpus, a tokenizer, prepared MDS data (``data``) and a random-init
-    2 x 64 LLaMA (``init``) under ``root`` (a pathlib.Path)."""
-    from ast_ds.data.prepare import prepare
-    from ast_ds.demo import init_model, make_corpus, train_tokenizer
 
-    raw = root / "raw"
-    make_corpus(str(raw), docs_per_domain=docs_per_domain)
-    tok = train_tokenizer(str(raw), str(root / "tok"), vocab_size=vocab)
-    prepare({d: str(raw / d) for d in ("stories", "facts", "arith", "code")}, tokenizer=tok, out=str(root / "data"),
-            seq_len=seq_len, eval_fraction=0.05, progress=False)
-    init_model(str(root / "init"), tokenizer_model=tok, vocab_size=vocab, hidden=64, intermediate=128, layers=2,
-               heads=2)
+def tiny_workspace(root):
+    """``ast_ds.demo.tiny_workspace`` under ``root`` (a pathlib.Path, returned): raw/, tok.model, data/ (MDS,
+    seq 32) and init/ (a random-init 2 x 64 LLaMA)."""
+    from ast_ds.demo import tiny_workspace as build
+
+    build(str(root))
     return root
