@@ -3,7 +3,8 @@
 * a text or jsonl file: documents joined by blank lines into one stream, tokenized once (BOS first),
   cut into non-overlapping windows of ``seq_len`` tokens (the WikiText-2 protocol; a last partial
   window is dropped), perplexity = exp(mean next-token NLL over every predicted token);
-* a prepared MDS folder (``data_prep/prepare.py`` output): the eval split of every domain, per domain.
+* a prepared MDS folder (``data_prep/prepare.py`` output): the eval split of every domain, per domain
+  (instruction data: the NLL of the response tokens only).
 """
 
 from __future__ import annotations
@@ -46,17 +47,26 @@ def load_model(model_dir: str, device: str = "cpu"):
 
 
 @torch.no_grad()
-def windows_nll(model, windows: list[torch.Tensor], *, batch_size: int, device: str, desc: str) -> tuple[float, int]:
+def windows_nll(model, windows: list[torch.Tensor], *, batch_size: int, device: str, desc: str,
+                labels: list[torch.Tensor] | None = None) -> tuple[float, int]:
+    """(summed next-token NLL, tokens counted); ``labels`` (instruction data: -100 on prompt tokens) restricts
+    the count to the targets they name."""
     from tqdm import tqdm
 
     total, count = 0.0, 0
     for i in tqdm(range(0, len(windows), batch_size), desc=desc, unit="batch", leave=False):
         ids = torch.stack(windows[i:i + batch_size]).to(device)
         logits = model(input_ids=ids, use_cache=False).logits.float()
-        nll = torch.nn.functional.cross_entropy(logits[:, :-1].reshape(-1, logits.shape[-1]), ids[:, 1:].reshape(-1),
-                                                reduction="sum")
+        if labels is None:
+            nll = torch.nn.functional.cross_entropy(logits[:, :-1].reshape(-1, logits.shape[-1]),
+                                                    ids[:, 1:].reshape(-1), reduction="sum")
+            count += ids[:, 1:].numel()
+        else:
+            lab = torch.stack(labels[i:i + batch_size]).to(device)
+            nll = torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), lab.reshape(-1),
+                                                    reduction="sum", ignore_index=-100)
+            count += int((lab >= 0).sum())
         total += float(nll)
-        count += ids[:, 1:].numel()
     return total, count
 
 
@@ -68,15 +78,19 @@ def perplexity(model_dir: str, data: str, *, seq_len: int, batch_size: int = 8, 
     from ast_ds.data.corpus import Corpus
 
     if Corpus.is_prepared(data):
-        from ast_ds.data.loader import eval_batches
+        from ast_ds.data.loader import eval_batches, labels_of
 
         corpus = Corpus(data)
         per = {}
         for domain in sorted(corpus.domains):
-            windows = [row for b in eval_batches(corpus, domain=domain, micro_batch=batch_size,
-                                                 rank=0, world_size=1) for row in b["input_ids"]]
+            batches = list(eval_batches(corpus, domain=domain, micro_batch=batch_size, rank=0, world_size=1))
+            windows = [row for b in batches for row in b["input_ids"]]
+            # instruction data (a loss mask): the response tokens only
+            labels = [row for b in batches for row in labels_of(b)] if "loss_mask" in batches[0] else None
             windows = windows[:max_windows] if max_windows else windows
-            total, count = windows_nll(model, windows, batch_size=batch_size, device=device, desc=domain)
+            labels = labels[:len(windows)] if labels is not None else None
+            total, count = windows_nll(model, windows, batch_size=batch_size, device=device, desc=domain,
+                                       labels=labels)
             per[domain] = {"ppl": math.exp(total / count), "tokens": count}
         result["domains"] = per
         result["ppl"] = math.exp(sum(math.log(v["ppl"]) * v["tokens"] for v in per.values()) /
