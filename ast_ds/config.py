@@ -24,6 +24,9 @@ class ModelConfig:
     """Hugging Face folder of the dense model the student starts from."""
     teacher_path: str = ""
     """Folder of the frozen dense teacher (default: ``path``)."""
+    dropout: float = 0.0
+    """Dropout probability written into every dropout field of the student's config (OPT and GPT-2 ship 0.1;
+    retraining runs without, as the paper does); -1 keeps the model config's own values."""
 
 
 @dataclass(kw_only=True)
@@ -180,6 +183,8 @@ class TrainConfig:
              f"{self.global_batch} is not a multiple of micro_batch ({self.micro_batch}) x world size ({world_size}); "
              f"set --global_batch to e.g. {self.micro_batch * world_size * max(1, self.global_batch // (self.micro_batch * world_size))}")
         need(bool(self.model.path), "model.path", "set --model.path to a Hugging Face model folder")
+        need(self.model.dropout == -1 or 0 <= self.model.dropout < 1, "model.dropout",
+             "must lie in [0, 1), or be -1 to keep the model config's own dropout")
         need(os.path.isdir(self.model.path), "model.path", f"{self.model.path!r} is not a folder")
         if self.model.teacher_path:
             need(os.path.isdir(self.model.teacher_path), "model.teacher_path", f"{self.model.teacher_path!r} is not a folder")

@@ -51,7 +51,7 @@ def windows_nll(model, windows: list[torch.Tensor], *, batch_size: int, device: 
                 labels: list[torch.Tensor] | None = None) -> tuple[float, int]:
     """(summed next-token NLL, tokens counted); ``labels`` (instruction data: -100 on prompt tokens) restricts
     the count to the targets they name."""
-    from tqdm import tqdm
+    from ast_ds.progress import bar as tqdm
 
     total, count = 0.0, 0
     for i in tqdm(range(0, len(windows), batch_size), desc=desc, unit="batch", leave=False):

@@ -56,11 +56,39 @@ def check_safetensors(path: str, *, what: str = "model.path") -> None:
         raise ValueError(f"{what}: {path} is truncated ({size} bytes, its header needs {8 + n + end}); copy it again")
 
 
-def load_causal_lm(path: str, *, ds_config: dict | None, dtype: torch.dtype, what: str = "model.path"):
+# the dropout probabilities of the Hugging Face configs (LLaMA/Mistral/Qwen, OPT, GPT-2, BERT-style names)
+DROPOUT_FIELDS = ("dropout", "attention_dropout", "activation_dropout", "hidden_dropout", "resid_pdrop",
+                  "embd_pdrop", "attn_pdrop", "hidden_dropout_prob", "attention_probs_dropout_prob",
+                  "summary_first_dropout")
+
+
+def set_dropout(config, p: float) -> dict[str, tuple[float, float]]:
+    """Set every dropout field ``config`` has to ``p``; returns {field: (old, new)} of those that changed."""
+    changed = {}
+    for name in DROPOUT_FIELDS:
+        old = getattr(config, name, None)
+        if isinstance(old, (int, float)) and not isinstance(old, bool) and old != p:
+            setattr(config, name, p)
+            changed[name] = (old, p)
+    return changed
+
+
+def load_causal_lm(path: str, *, ds_config: dict | None, dtype: torch.dtype, what: str = "model.path",
+                   dropout: float = -1):
     """``AutoModelForCausalLM.from_pretrained``; with a stage-3 ``ds_config`` the model is built
-    directly partitioned (``HfDeepSpeedConfig``), so no rank ever holds the full model."""
+    directly partitioned (``HfDeepSpeedConfig``), so no rank ever holds the full model. ``dropout`` >= 0 is
+    written into every dropout field of the config first (see :func:`set_dropout`; the changes are logged)."""
     check_model_dir(path, what=what)
-    from transformers import AutoModelForCausalLM
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    config = AutoConfig.from_pretrained(path)
+    if dropout >= 0:
+        changed = set_dropout(config, dropout)
+        if changed:
+            from ast_ds.metrics import log
+
+            log.info("%s: dropout set to %g (%s)", what, dropout,
+                     ", ".join(f"{k} was {old:g}" for k, (old, _) in changed.items()))
 
     keep_alive = None
     if ds_config is not None and ds_config.get("zero_optimization", {}).get("stage") == 3:
@@ -68,7 +96,7 @@ def load_causal_lm(path: str, *, ds_config: dict | None, dtype: torch.dtype, wha
 
         keep_alive = HfDeepSpeedConfig(ds_config)  # global weakref: from_pretrained builds under zero.Init
     try:
-        model = AutoModelForCausalLM.from_pretrained(path, torch_dtype=dtype)
+        model = AutoModelForCausalLM.from_pretrained(path, config=config, torch_dtype=dtype)
     finally:
         if keep_alive is not None:
             from transformers.integrations.deepspeed import unset_hf_deepspeed_config

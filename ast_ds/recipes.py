@@ -53,7 +53,7 @@ def _static(cfg: TrainConfig, _init_mask: str) -> None:
 
 
 def _naive(cfg: TrainConfig, _init_mask: str) -> None:
-    cfg.sparsity.mask_interval, cfg.sparsity.lam_max = 0, 0.0
+    cfg.sparsity.mask_interval, cfg.sparsity.lam_max, cfg.distill.alpha = 0, 0.0, 0.0
 
 
 def _oneshot_init(cfg: TrainConfig, init_mask: str) -> None:
@@ -68,7 +68,8 @@ ABLATIONS = {
     "fixed_mask": ("mask never refreshed (sparsity.mask_interval = 0)", _fixed_mask),
     "no_kd": ("no distillation (distill.alpha = 0)", _no_kd),
     "static": ("static SR-STE: λ_max from the first step (sparsity.ramp_fraction = 0)", _static),
-    "naive": ("naive training: fixed mask and no decay (mask_interval = 0, lam_max = 0)", _naive),
+    "naive": ("the paper's naive training (Table 4): fixed mask, no decay and no distillation (mask_interval = 0, "
+              "lam_max = 0, distill.alpha = 0)", _naive),
     "oneshot_init": ("initial mask from a one-shot-pruned folder (sparsity.init_mask; give --sparsity.init_mask)",
                      _oneshot_init),
 }

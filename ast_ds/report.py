@@ -5,7 +5,7 @@ token budget, as a Markdown table and a plot. Every trained row sees the same co
         --recipe demo --steps 150 --work runs/report --out docs/results.md
 
 Rows: dense; one-shot magnitude, Wanda, SparseGPT; AST-Naive (AST without SLoRB), AST-Boosted (SLoRB
-k = 16), CAST; the ablations fixed mask, no KD, static SR-STE, naive training (fixed mask, no decay)
+k = 16), CAST; the ablations fixed mask, no KD, static SR-STE, naive training (fixed mask, no decay, no KD)
 and the initial mask from SparseGPT. Every trained row uses the same recipe, steps and data (the same
 token budget); each is consolidated and evaluated by perplexity on ``--eval``. Finished rows are reused
 when the report is run again (delete ``--work`` to start over). The paper's orderings are checked and

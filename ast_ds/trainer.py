@@ -148,7 +148,7 @@ def _build_student(cfg: TrainConfig, ds_cfg: dict, sparse, corpus: Corpus, dtype
     from ast_ds.model import load_causal_lm, vocab_size
     from ast_ds.optim.lr import lr_factor
 
-    student = load_causal_lm(cfg.model.path, ds_config=ds_cfg, dtype=dtype)
+    student = load_causal_lm(cfg.model.path, ds_config=ds_cfg, dtype=dtype, dropout=cfg.model.dropout)
     vocab = vocab_size(student)  # the corpus fits it: checked by preflight on every rank
     if collectives.is_rank_zero():
         write_hf_meta(cfg.out_dir, student.config, model_path=cfg.model.path, corpus=corpus)

@@ -18,7 +18,7 @@ def test_expected_covers_every_ablation():
 
 
 EXPECTED = {"fixed_mask": {"sparsity.mask_interval"}, "no_kd": {"distill.alpha"},
-            "static": {"sparsity.ramp_fraction"}, "naive": {"sparsity.mask_interval", "sparsity.lam_max"},
+            "static": {"sparsity.ramp_fraction"}, "naive": {"sparsity.mask_interval", "sparsity.lam_max", "distill.alpha"},
             "oneshot_init": {"sparsity.init_mask"}}
 
 

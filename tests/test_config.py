@@ -1,6 +1,7 @@
 import json
 
 import pytest
+import torch
 
 from ast_ds.config import TrainConfig, add_override_arguments, apply_overrides, overrides_from_args
 from ast_ds.ds_config import resolve_ds_config, teacher_ds_config
@@ -118,3 +119,29 @@ def test_every_config_field_is_documented_in_help():
 
     walk(TrainConfig)
     assert "N:M pattern" in helps["--sparsity.pattern"]
+
+
+def test_dropout_is_off_by_default_in_every_field_the_config_has(tmp_path):
+    from transformers import GPT2Config, LlamaConfig, OPTConfig, OPTForCausalLM
+
+    from ast_ds.config import TrainConfig
+    from ast_ds.model import load_causal_lm, set_dropout
+
+    assert TrainConfig().model.dropout == 0.0
+    assert set(set_dropout(OPTConfig(), 0.0)) == {"dropout"}  # OPT's attention/activation dropout are 0 already
+    assert set(set_dropout(GPT2Config(), 0.0)) == {"resid_pdrop", "embd_pdrop", "attn_pdrop", "summary_first_dropout"}
+    assert set_dropout(LlamaConfig(), 0.0) == {}
+    tiny = OPTConfig(vocab_size=64, hidden_size=16, num_hidden_layers=1, ffn_dim=32, num_attention_heads=2,
+                     max_position_embeddings=32, word_embed_proj_dim=16)
+    OPTForCausalLM(tiny).save_pretrained(str(tmp_path / "opt"))
+    assert load_causal_lm(str(tmp_path / "opt"), ds_config=None, dtype=torch.float32, dropout=0.0).config.dropout == 0.0
+    assert load_causal_lm(str(tmp_path / "opt"), ds_config=None, dtype=torch.float32, dropout=-1).config.dropout == 0.1
+
+
+def test_dropout_must_be_a_probability_or_minus_one(tmp_path):
+    from ast_ds.config import TrainConfig
+
+    cfg = TrainConfig()
+    cfg.model.path, cfg.data.data_dir, cfg.model.dropout = str(tmp_path), str(tmp_path), 1.5
+    with pytest.raises(ValueError, match="model.dropout"):
+        cfg.validate(1)

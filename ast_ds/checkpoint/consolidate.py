@@ -95,7 +95,7 @@ class _Exporter:
         self.layers: dict[str, dict] = {}
 
     def tensors(self):
-        from tqdm import tqdm
+        from ast_ds.progress import bar as tqdm
 
         for name in tqdm(list(self.files.entries), desc="consolidate", unit="tensor"):
             if name in self.scales:

@@ -452,7 +452,7 @@ def _prepare_into(tmp: str, *, domains: list[Domain], opts: PrepareOptions, tok,
 def _count_and_choose_eval(domains: list[Domain], opts: PrepareOptions, *,
                            progress: bool) -> tuple[dict[str, int], dict[str, np.ndarray]]:
     """The counting pass: documents per domain, and the sorted indices of each domain's eval documents."""
-    from tqdm import tqdm
+    from ast_ds.progress import bar as tqdm
 
     n_docs, eval_idx = {}, {}
     bar = tqdm(total=sum(len(d.files) for d in domains), desc="counting documents", unit="file",
@@ -478,7 +478,7 @@ def _tokenize_and_write(tmp: str, *, domains: list[Domain], opts: PrepareOptions
                         n_docs: dict[str, int], eval_idx: dict[str, np.ndarray],
                         progress: bool) -> dict[str, _DomainOutput]:
     from streaming import MDSWriter
-    from tqdm import tqdm
+    from ast_ds.progress import bar as tqdm
 
     column = {TOKENS_COLUMN: f"ndarray:{dtype.name}:{opts.seq_len}"}
     if opts.prompt_field:
