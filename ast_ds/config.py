@@ -33,8 +33,9 @@ class ModelConfig:
 class SparsityConfig:
     pattern: str = "2:4"
     """N:M pattern; M must divide the input dimension of every target linear."""
-    targets: list[str] = field(default_factory=lambda: list(LLAMA_TARGETS))
-    """Module names (last component) of the linears inside the blocks that become N:M."""
+    targets: list[str] = field(default_factory=list)
+    """Module names (last component) of the linears inside the blocks that become N:M; empty = by the model's
+    type (LLaMA/Mistral/Qwen: q/k/v/o_proj, gate/up/down_proj; OPT: q/k/v/out_proj, fc1, fc2), filled at start."""
     lam_max: float = 6e-5
     """Peak SR-STE decay λ_max."""
     ramp_fraction: float = 0.25
@@ -71,8 +72,8 @@ class LoRAConfig:
     """Adapter rank r (the paper fine-tunes its 2:4 LLaMA-2 with r = 64)."""
     alpha: float = 32.0
     """LoRA alpha; the adapter's output is scaled by alpha / rank."""
-    targets: list[str] = field(default_factory=lambda: list(LLAMA_TARGETS))
-    """Module names (last component) of the linears that get adapters (the N:M targets)."""
+    targets: list[str] = field(default_factory=list)
+    """Module names (last component) of the linears that get adapters; empty = the model type's N:M targets."""
     masked: bool = True
     """true: forward (W + s·B·A) ⊙ m with the model's own N:M mask m = (W != 0), so the merge is exactly N:M;
     false: plain LoRA, its merge re-pruned to N:M by magnitude at export (for comparison)."""
@@ -164,7 +165,8 @@ class TrainConfig:
 
     # ------------------------------------------------------------------ validation
     def validate(self, world_size: int = 1) -> "TrainConfig":
-        """Raise ``ValueError`` naming the field and the fix; return self."""
+        """Raise ``ValueError`` naming the field and the fix; fill the defaults that depend on the model (the
+        targets of its type, when none are named); return self."""
 
         def need(cond, name, msg):
             if not cond:
@@ -173,7 +175,6 @@ class TrainConfig:
         need(self.mode in ("ast", "dense", "lora"), "mode", f"{self.mode!r} is not one of ast, dense, lora")
         if self.mode == "lora":
             need(self.lora.rank > 0 and self.lora.alpha > 0, "lora.rank/alpha", "must be > 0")
-            need(bool(self.lora.targets), "lora.targets", "name at least one linear (e.g. q_proj)")
             need(self.distill.alpha == 0, "distill.alpha", "mode=lora trains with cross-entropy only; set --distill.alpha 0")
         need(self.precision in ("bf16", "fp32"), "precision", f"{self.precision!r} is not one of bf16, fp32")
         need(self.total_steps > 0, "total_steps", "must be > 0")
@@ -188,6 +189,11 @@ class TrainConfig:
         need(os.path.isdir(self.model.path), "model.path", f"{self.model.path!r} is not a folder")
         if self.model.teacher_path:
             need(os.path.isdir(self.model.teacher_path), "model.teacher_path", f"{self.model.teacher_path!r} is not a folder")
+        if os.path.isfile(os.path.join(self.model.path, "config.json")):
+            from ast_ds.model import default_targets
+
+            self.sparsity.targets = self.sparsity.targets or default_targets(self.model.path)
+            self.lora.targets = self.lora.targets or list(self.sparsity.targets)
         need(bool(self.data.data_dir), "data.data_dir", "set --data.data_dir to the output of data_prep/prepare.py")
         need(self.data.weights_mode in ("constant", "dynamic"), "data.weights_mode",
              f"{self.data.weights_mode!r} is not one of constant, dynamic")
@@ -197,7 +203,6 @@ class TrainConfig:
         need(self.sparsity.lam_max >= 0, "sparsity.lam_max", "must be >= 0")
         need(0 <= self.sparsity.ramp_fraction <= 1, "sparsity.ramp_fraction", "must lie in [0, 1] (0 = static SR-STE)")
         need(self.sparsity.mask_interval >= 0, "sparsity.mask_interval", "must be >= 0 (0 = fixed mask)")
-        need(bool(self.sparsity.targets), "sparsity.targets", "name at least one linear (e.g. q_proj)")
         need(self.sparsity.method in ("ast", "cast"), "sparsity.method", f"{self.sparsity.method!r} is not ast or cast")
         need(self.sparsity.slorb_k >= 0 and self.sparsity.scaling_groups >= 0, "sparsity.slorb_k/scaling_groups",
              "must be >= 0 (0 = off)")

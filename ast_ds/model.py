@@ -7,6 +7,8 @@ import os
 
 import torch
 
+from ast_ds.config import LLAMA_TARGETS
+
 WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin",
                 "pytorch_model.bin.index.json")
 
@@ -54,6 +56,29 @@ def check_safetensors(path: str, *, what: str = "model.path") -> None:
                          f"again") from None
     if 8 + n + end > size:
         raise ValueError(f"{what}: {path} is truncated ({size} bytes, its header needs {8 + n + end}); copy it again")
+
+
+# default N:M / LoRA targets by Hugging Face model_type (last name component of the block linears)
+TARGETS_BY_TYPE = {**{t: LLAMA_TARGETS for t in ("llama", "mistral", "mixtral", "qwen2", "qwen3", "gemma", "gemma2",
+                                               "phi3", "olmo", "olmo2")},
+                   "opt": ("q_proj", "k_proj", "v_proj", "out_proj", "fc1", "fc2")}
+
+
+def model_type(path: str) -> str:
+    import json
+
+    cfg_path = path if path.endswith(".json") else os.path.join(path, "config.json")
+    with open(cfg_path) as f:
+        return str(json.load(f).get("model_type", ""))
+
+
+def default_targets(path: str, *, what: str = "sparsity.targets") -> list[str]:
+    """The block linears of the model's family (``TARGETS_BY_TYPE``), read from its config.json."""
+    kind = model_type(path)
+    if kind not in TARGETS_BY_TYPE:
+        raise ValueError(f"{what}: no default targets for model_type {kind!r} ({path}); name the block linears, e.g. "
+                         f"--{what} q_proj,k_proj,v_proj,o_proj (known types: {', '.join(sorted(TARGETS_BY_TYPE))})")
+    return list(TARGETS_BY_TYPE[kind])
 
 
 # the dropout probabilities of the Hugging Face configs (LLaMA/Mistral/Qwen, OPT, GPT-2, BERT-style names)

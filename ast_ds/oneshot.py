@@ -15,12 +15,11 @@ import os
 
 import torch
 
-from ast_ds.config import LLAMA_TARGETS
 from ast_ds.checkpoint.export import apply_mask, load_hf_state_dict, sparsity_report, write_hf_folder
 from ast_ds.sparsity.nm_mask import magnitude_nm_mask, parse_nm
 
 
-def target_keys(state_dict: dict, modules: list[str] | tuple[str, ...] = LLAMA_TARGETS) -> list[str]:
+def target_keys(state_dict: dict, modules: list[str] | tuple[str, ...]) -> list[str]:
     keys = [k for k in state_dict if k.endswith(".weight") and k.rsplit(".", 2)[-2] in modules]
     if not keys:
         raise ValueError(f"no weights named like *.{{{','.join(modules)}}}.weight in the model")
@@ -114,10 +113,14 @@ def prune_layerwise(model, targets: list[str], inputs: torch.Tensor, *, method: 
 
 
 def prune_oneshot(model_dir: str, out: str, *, method: str = "magnitude", pattern: str = "2:4",
-                  modules=LLAMA_TARGETS, dtype: str = "fp32", overwrite: bool = False, calib: str | None = None,
+                  modules=None, dtype: str = "fp32", overwrite: bool = False, calib: str | None = None,
                   nsamples: int = 128, seq_len: int = 2048, blocksize: int = 128, percdamp: float = 0.01,
                   seed: int = 0, device: str = "cpu") -> dict:
     n, m = parse_nm(pattern)
+    from ast_ds.model import check_model_dir, default_targets
+
+    check_model_dir(model_dir, what="--model")
+    modules = modules or default_targets(model_dir, what="targets")
     if method == "magnitude":
         sd = load_hf_state_dict(model_dir)
         targets = target_keys(sd, modules)

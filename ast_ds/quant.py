@@ -149,7 +149,7 @@ def quantize_folder(model_dir: str, out: str, *, fmt: str, method: str = "rtn", 
     """Quantize an exported N:M folder's target linears; refuse to write unless every pruned weight is
     still exactly 0 after dequantization and every target is still N:M."""
     from ast_ds.checkpoint.export import load_hf_state_dict, write_hf_folder
-    from ast_ds.config import LLAMA_TARGETS
+    from ast_ds.model import check_model_dir, default_targets
     from ast_ds.sparsity.nm_mask import parse_nm, verify_nm
 
     if fmt not in FORMATS:
@@ -157,7 +157,8 @@ def quantize_folder(model_dir: str, out: str, *, fmt: str, method: str = "rtn", 
     if method not in ("rtn", "gptq"):
         raise ValueError(f"--method {method!r}: choose rtn or gptq")
     n, m = parse_nm(pattern)
-    modules = modules or LLAMA_TARGETS
+    check_model_dir(model_dir, what="--model")
+    modules = modules or default_targets(model_dir, what="targets")
     if method == "gptq":
         if not calib:
             raise ValueError("--method gptq needs --calib (a text/jsonl file or a data_prep folder)")

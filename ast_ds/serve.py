@@ -50,9 +50,11 @@ def sparsify(model: torch.nn.Module, *, backend: str, targets=None, cutlass: boo
     returns {"swapped": [...], "dense": {name: why}}."""
     if backend not in BACKENDS:
         raise ValueError(f"--backend {backend!r}: choose one of {', '.join(BACKENDS)}")
-    from ast_ds.config import LLAMA_TARGETS
+    from ast_ds.model import TARGETS_BY_TYPE
 
-    targets = tuple(targets or LLAMA_TARGETS)
+    targets = tuple(targets or TARGETS_BY_TYPE.get(model.config.model_type, ()))
+    if not targets:
+        raise ValueError(f"no default 2:4 targets for model_type {model.config.model_type!r}; pass targets=[...]")
     linears = {n: m for n, m in model.named_modules() if isinstance(m, torch.nn.Linear) and n.rsplit(".", 1)[-1] in targets}
     summary = {"backend": backend, "swapped": [], "dense": {}}
     ok = {}

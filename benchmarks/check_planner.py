@@ -58,10 +58,11 @@ def measure(work: str, name: str, spec) -> tuple[int, dict]:
         measured = json.load(f)["peak_bytes_max_rank"]
     with open(os.path.join(ROOT, "ds_configs", "zero3.json")) as f:
         ds_cfg = json.load(f)
+    from ast_ds.model import default_targets
     from ast_ds.recipes import get_recipe
 
     cfg = get_recipe("demo")
-    planned = plan_memory(model_shape(load_hf_config(model), cfg.sparsity.targets), world=2, micro_batch=micro,
+    planned = plan_memory(model_shape(load_hf_config(model), default_targets(model)), world=2, micro_batch=micro,
                           seq_len=seq, precision="fp32", sparse=True, teacher=True,
                           chunk_tokens=cfg.distill.chunk_tokens, ds_cfg=ds_cfg, fused_attention=False,
                           activation_checkpointing=ckpt)

@@ -133,9 +133,9 @@ def train_args(model: str, data: str, out: str, spec, precision: str) -> list[st
 def train_resume(run: Runner, work: str, spec, precision: str) -> dict:
     model, data = prepare(work, spec)
     from ast_ds.planner import load_hf_config, model_shape
-    from ast_ds.recipes import get_recipe
+    from ast_ds.model import default_targets
 
-    params = model_shape(load_hf_config(model), get_recipe("demo").sparsity.targets).params
+    params = model_shape(load_hf_config(model), default_targets(model)).params
     launch = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=1", "--master_port=29733"]
     full, cut = os.path.join(work, "uninterrupted"), os.path.join(work, "preempted")
     steps = spec[-1]
@@ -169,10 +169,10 @@ def exported_nm(folder: str) -> dict:
     from safetensors.torch import load_file
 
     from ast_ds.checkpoint.export import weight_files
-    from ast_ds.recipes import get_recipe
+    from ast_ds.model import default_targets
     from ast_ds.sparsity import verify_nm
 
-    targets = tuple(get_recipe("demo").sparsity.targets)
+    targets = tuple(default_targets(folder))
     checked, bad = 0, []
     for path in weight_files(folder):
         path = os.path.join(folder, path)

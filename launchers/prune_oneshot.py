@@ -30,6 +30,8 @@ def main(argv=None):
     p.add_argument("--percdamp", type=float, default=0.01, help="SparseGPT dampening (fraction of mean diag H)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="cuda" if __import__("torch").cuda.is_available() else "cpu")
+    p.add_argument("--targets", default="", help="comma-separated block linears (default: by the model's type, "
+                   "e.g. LLaMA q/k/v/o_proj, gate/up/down_proj; OPT q/k/v/out_proj, fc1, fc2)")
     p.add_argument("--sparsity", default="2:4", help="N:M pattern")
     p.add_argument("--out", required=True, help="output folder")
     p.add_argument("--dtype", default="fp32", choices=["bf16", "fp16", "fp32"])
@@ -39,6 +41,7 @@ def main(argv=None):
 
     try:
         report = prune_oneshot(args.model, args.out, method=args.method, pattern=args.sparsity, dtype=args.dtype,
+                               modules=[t for t in args.targets.split(",") if t] or None,
                                overwrite=args.overwrite, calib=args.calib, nsamples=args.nsamples,
                                seq_len=args.seq_len, blocksize=args.blocksize, percdamp=args.percdamp, seed=args.seed,
                                device=args.device)

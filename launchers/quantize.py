@@ -28,6 +28,8 @@ def main(argv=None):
     p.add_argument("--format", required=True, choices=["int8", "int4", "fp8"])
     p.add_argument("--method", default="rtn", choices=["rtn", "gptq"])
     p.add_argument("--group_size", type=int, default=128, help="input columns per scale (int formats)")
+    p.add_argument("--targets", default="", help="comma-separated block linears (default: by the model's type, "
+                   "e.g. LLaMA q/k/v/o_proj, gate/up/down_proj; OPT q/k/v/out_proj, fc1, fc2)")
     p.add_argument("--sparsity", default="2:4", help="the N:M pattern to keep and verify")
     p.add_argument("--calib", help="gptq calibration data: a .txt/.jsonl file or a data_prep folder")
     p.add_argument("--nsamples", type=int, default=128)
@@ -43,6 +45,7 @@ def main(argv=None):
 
     try:
         report = quantize_folder(args.model, args.out, fmt=args.format, method=args.method, group_size=args.group_size,
+                                 modules=[t for t in args.targets.split(",") if t] or None,
                                  pattern=args.sparsity, calib=args.calib, nsamples=args.nsamples, seq_len=args.seq_len,
                                  blocksize=args.blocksize, percdamp=args.percdamp, overwrite=args.overwrite,
                                  device=args.device)

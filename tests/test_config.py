@@ -14,7 +14,7 @@ def test_llama_recipe_has_the_paper_values():
     assert cfg.optim.lr == 2e-5 and cfg.sparsity.lam_max == 6e-5 and cfg.sparsity.mask_interval == 10
     assert cfg.distill.alpha == pytest.approx(1 / 3) and cfg.sparsity.ramp_fraction == 0.25
     assert cfg.global_batch == 128 and cfg.total_steps == 15_000
-    assert set(RECIPES) >= {"demo", "llama2_7b", "llama2_13b", "opt"}
+    assert set(RECIPES) >= {"demo", "llama2_7b", "llama2_13b", "opt_125m", "opt_350m", "opt_1_3b"}
 
 
 def test_overrides_from_file_and_cli(tmp_path):
@@ -145,3 +145,34 @@ def test_dropout_must_be_a_probability_or_minus_one(tmp_path):
     cfg.model.path, cfg.data.data_dir, cfg.model.dropout = str(tmp_path), str(tmp_path), 1.5
     with pytest.raises(ValueError, match="model.dropout"):
         cfg.validate(1)
+
+
+# the paper's appendix Table 8, column by column: lr, λ_max, steps, KL weight α
+TABLE8 = {"opt_125m": (1e-4, 3e-4, 40_000, 2 / 3), "opt_350m": (1e-4, 1e-4, 40_000, 2 / 3),
+          "opt_1_3b": (2e-5, 6e-5, 20_000, 2 / 3), "llama2_7b": (2e-5, 6e-5, 15_000, 1 / 3)}
+
+
+@pytest.mark.parametrize("name", list(TABLE8))
+def test_recipes_follow_the_papers_table_8(name):
+    cfg = get_recipe(name)
+    assert (cfg.optim.lr, cfg.sparsity.lam_max, cfg.total_steps, cfg.distill.alpha) == TABLE8[name]
+    assert cfg.sparsity.ramp_fraction == 0.25 and cfg.sparsity.mask_interval == 10 and cfg.model.dropout == 0.0
+
+
+def test_default_targets_follow_the_model_type(tmp_path):
+    from transformers import LlamaConfig, OPTConfig
+
+    from ast_ds.model import default_targets
+
+    for kind, config, want in (("opt", OPTConfig(), ["q_proj", "k_proj", "v_proj", "out_proj", "fc1", "fc2"]),
+                               ("llama", LlamaConfig(), ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj",
+                                                          "up_proj", "down_proj"])):
+        config.save_pretrained(str(tmp_path / kind))
+        assert default_targets(str(tmp_path / kind)) == want
+        cfg = get_recipe("demo")
+        cfg.model.path, cfg.data.data_dir = str(tmp_path / kind), str(tmp_path)
+        assert cfg.validate(2).sparsity.targets == want and cfg.lora.targets == want
+    (tmp_path / "bert").mkdir()
+    (tmp_path / "bert" / "config.json").write_text('{"model_type": "bert"}')
+    with pytest.raises(ValueError, match="no default targets for model_type 'bert'"):
+        default_targets(str(tmp_path / "bert"))
