@@ -17,22 +17,25 @@ import torch
 
 
 def read_documents(path: str, *, text_field: str = "text") -> list[str]:
-    if not os.path.isfile(path):
+    """The texts of ``path``: a plain text file (one document), or anything data prep reads (jsonl(.gz/.zst),
+    parquet, Arrow, a ``datasets`` save_to_disk folder, ``hf:NAME[@CONFIG][:SPLIT]``; ``ast_ds.data.sources``),
+    taking ``text_field`` of each record."""
+    from ast_ds.data.sources import HUB_PREFIX, SUFFIXES, discover_domain, iter_documents
+
+    if not path.startswith(HUB_PREFIX) and not os.path.exists(path):
         raise ValueError(f"--data {path!r} does not exist")
     docs = []
-    if path.endswith((".jsonl", ".json")):
+    if os.path.isfile(path) and not path.endswith(SUFFIXES):
         with open(path, encoding="utf-8") as f:
-            for lineno, line in enumerate(f, 1):
-                if not line.strip():
-                    continue
+            docs = [f.read()]
+    else:
+        for file in discover_domain("data", path).files:
+            for lineno, line in iter_documents(file):
                 try:
                     docs.append(json.loads(line)[text_field])
                 except (json.JSONDecodeError, KeyError, TypeError):
-                    raise ValueError(f"{path}:{lineno}: not a JSON object with a {text_field!r} field") from None
-    else:
-        with open(path, encoding="utf-8") as f:
-            docs = [f.read()]
-    if not any(d.strip() for d in docs):
+                    raise ValueError(f"{file}:{lineno}: not a JSON object with a {text_field!r} field") from None
+    if not any(isinstance(d, str) and d.strip() for d in docs):
         raise ValueError(f"--data {path}: no text")
     return docs
 
@@ -71,7 +74,7 @@ def windows_nll(model, windows: list[torch.Tensor], *, batch_size: int, device: 
 
 
 def perplexity(model_dir: str, data: str, *, seq_len: int, batch_size: int = 8, device: str = "cpu",
-               max_windows: int | None = None) -> dict:
+               max_windows: int | None = None, text_field: str = "text") -> dict:
     model = load_model(model_dir, device)
     vocab = model.config.vocab_size
     result = {"model": os.path.abspath(model_dir), "data": os.path.abspath(data), "seq_len": seq_len}
@@ -99,7 +102,7 @@ def perplexity(model_dir: str, data: str, *, seq_len: int, batch_size: int = 8, 
     from ast_ds.data.tokenizer import load_tokenizer
 
     tok = load_tokenizer(model_dir)
-    ids = [tok.bos_id] + tok.encode("\n\n".join(read_documents(data)))
+    ids = [tok.bos_id] + tok.encode("\n\n".join(read_documents(data, text_field=text_field)))
     if max(ids) >= vocab:
         raise ValueError(f"the tokenizer in {model_dir} produced id {max(ids)} >= the model's vocabulary {vocab}")
     stream = torch.tensor(ids, dtype=torch.long)

@@ -18,7 +18,9 @@ import _ensure_installed  # noqa: F401  (exits with the fix when ast_ds is not i
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", required=True, help="Hugging Face model folder (e.g. the output of consolidate.py)")
-    p.add_argument("--data", help="a .txt/.jsonl file, or a data_prep output folder (perplexity)")
+    p.add_argument("--data", help="perplexity data: a .txt file, jsonl(.gz/.zst), parquet or Arrow file or folder, a "
+                   "datasets save_to_disk folder, hf:NAME[@CONFIG][:SPLIT], or a data_prep output folder")
+    p.add_argument("--text_field", default="text", help="the field holding each record's text")
     p.add_argument("--lm_eval", help="comma-separated lm-eval-harness tasks instead of perplexity")
     p.add_argument("--lm_eval_include", help="folder of extra task YAMLs for --lm_eval")
     p.add_argument("--limit", type=int, default=None, help="--lm_eval: examples per task (for smoke runs)")
@@ -42,7 +44,7 @@ def main(argv=None):
             from ast_ds.evaluate import perplexity
 
             result = perplexity(args.model, args.data, seq_len=args.seq_len, batch_size=args.batch_size,
-                                device=args.device, max_windows=args.max_windows)
+                                device=args.device, max_windows=args.max_windows, text_field=args.text_field)
     except ValueError as e:
         sys.exit(f"error: {e}")
     text = json.dumps(result, indent=2, default=str)

@@ -43,7 +43,7 @@ from ast_ds.atomic import publish_dir, write_json_atomic
 from ast_ds.data.manifest import (FORMAT, LOSS_MASK_COLUMN, MANIFEST_NAME, SPLITS, TOKENS_COLUMN, VERSION, SplitCounts, format_counts,
                                   split_dir)
 from ast_ds.data.packing import RowPacker, choose_eval_docs, eval_doc_count, token_dtype
-from ast_ds.data.sources import DataPrepError, Domain, count_documents, discover_domain, iter_documents, \
+from ast_ds.data.sources import HUB_PREFIX, DataPrepError, Domain, count_documents, discover_domain, iter_documents, \
     parse_input_spec
 from ast_ds.data.tokenizer import load_tokenizer
 
@@ -188,6 +188,9 @@ def _run_config(domains: list[Domain], opts: PrepareOptions, tokenizer_sha256: s
     for d in domains:
         files = []
         for f in d.files:
+            if f.startswith(HUB_PREFIX):  # a datasets name: nothing on disk to stat (its revision is datasets' business)
+                files.append([f, None, None])
+                continue
             st = os.stat(f)
             files.append([os.path.relpath(f, d.path) if f != d.path else os.path.basename(f), st.st_size,
                           st.st_mtime_ns])
