@@ -36,8 +36,15 @@ class SparsityConfig:
     targets: list[str] = field(default_factory=list)
     """Module names (last component) of the linears inside the blocks that become N:M; empty = by the model's
     type (LLaMA/Mistral/Qwen: q/k/v/o_proj, gate/up/down_proj; OPT: q/k/v/out_proj, fc1, fc2), filled at start."""
-    lam_max: float = 6e-5
-    """Peak SR-STE decay λ_max."""
+    lam_max: float | str = 6e-5
+    """Peak SR-STE decay λ_max, or "auto": steered during the run so the total flipped ratio (mask entries that
+    differ from the initial mask) ends at flip_target (ast_ds/sparsity/flip_control.py)."""
+    flip_target: float = 0.0
+    """lam_max auto: the total flipped ratio to end at (0 = the paper's Table 8 value for the model's size)."""
+    flip_band: float = 0.25
+    """lam_max auto: the ratio counts as on target within ±this fraction of flip_target (reported)."""
+    lam_init: float = 1e-3
+    """lam_max auto: λ_max at the start, before the first mask refresh adjusts it (high: flips are hard to undo)."""
     ramp_fraction: float = 0.25
     """T0 / T1: λ ramps linearly over this fraction of training, then stays (0 = static SR-STE)."""
     mask_interval: int = 10
@@ -200,7 +207,15 @@ class TrainConfig:
         need(self.data.update_every > 0, "data.update_every", "must be > 0")
         need(all(w >= 0 for w in self.data.weights.values()), "data.weights", "weights must be >= 0")
         parse_nm(self.sparsity.pattern)  # raises with the expected form
-        need(self.sparsity.lam_max >= 0, "sparsity.lam_max", "must be >= 0")
+        need(self.sparsity.lam_max == "auto" or isinstance(self.sparsity.lam_max, float) and self.sparsity.lam_max >= 0,
+             "sparsity.lam_max", f"{self.sparsity.lam_max!r}: must be >= 0, or auto")
+        if self.sparsity.lam_max == "auto":
+            need(self.mode == "ast" and self.sparsity.method == "ast" and self.sparsity.mask_interval > 0
+                 and self.sparsity.track_initial, "sparsity.lam_max",
+                 "auto steers AST's decay from the mask refreshes: it needs mode ast, sparsity.method ast, "
+                 "sparsity.mask_interval > 0 and sparsity.track_initial true")
+            need(0 <= self.sparsity.flip_target < 1 and self.sparsity.flip_band > 0 and self.sparsity.lam_init > 0,
+                 "sparsity.flip_target/flip_band/lam_init", "need 0 <= flip_target < 1, flip_band > 0, lam_init > 0")
         need(0 <= self.sparsity.ramp_fraction <= 1, "sparsity.ramp_fraction", "must lie in [0, 1] (0 = static SR-STE)")
         need(self.sparsity.mask_interval >= 0, "sparsity.mask_interval", "must be >= 0 (0 = fixed mask)")
         need(self.sparsity.method in ("ast", "cast"), "sparsity.method", f"{self.sparsity.method!r} is not ast or cast")
@@ -263,7 +278,14 @@ def apply_overrides(cfg, values: dict[str, Any], *, source: str) -> None:
                 raise ValueError(f"{source}: {key} is a section; give a mapping")
             apply_overrides(current, value, source=f"{source}[{key}]")
             continue
+        if name in AUTO_FIELDS and (value == "auto" or current == "auto"):  # a float, or the word auto
+            value = "auto" if value == "auto" else _coerce(value, 0.0, key, source)
+            setattr(obj, name, value)
+            continue
         setattr(obj, name, _coerce(value, current, key, source))
+
+
+AUTO_FIELDS = ("lam_max",)  # float fields that also take the word "auto"
 
 
 def _coerce(value, current, key, source):

@@ -129,6 +129,10 @@ def load_exported(model_dir: str, *, dtype=torch.float32):
 
     logging.getLogger("transformers.modeling_utils").setLevel(logging.ERROR)  # the slorb keys are "unexpected"
     model = AutoModelForCausalLM.from_pretrained(model_dir, torch_dtype=dtype)
+    if modules.get("conv1d"):  # GPT-2: the branches were trained beside nn.Linear layers
+        from ast_ds.conv1d import conv1d_to_linear
+
+        conv1d_to_linear(model)
     from ast_ds.checkpoint.export import weight_files
 
     tensors = {}

@@ -123,10 +123,10 @@ class LoRATraining(DenseTraining):
 
 
 # ---------------------------------------------------------------------- export
-def peft_adapter_config(*, base: str, rank: int, alpha: float, modules: list[str]) -> dict:
+def peft_adapter_config(*, base: str, rank: int, alpha: float, modules: list[str], fan_in_fan_out: bool = False) -> dict:
     return {"peft_type": "LORA", "task_type": "CAUSAL_LM", "base_model_name_or_path": base, "r": rank,
             "lora_alpha": alpha, "lora_dropout": 0.0, "target_modules": sorted(set(modules)), "bias": "none",
-            "fan_in_fan_out": False, "inference_mode": True, "init_lora_weights": True, "modules_to_save": None,
+            "fan_in_fan_out": fan_in_fan_out, "inference_mode": True, "init_lora_weights": True, "modules_to_save": None,
             "use_rslora": False, "use_dora": False, "r_pattern": {}, "alpha_pattern": {}}
 
 
@@ -139,7 +139,9 @@ def export_lora(files, *, base_dir: str, out: str, targets: list[str], rank: int
     from safetensors.torch import save_file
 
     from ast_ds.checkpoint.export import (DTYPES, layer_report, summarize_layers, weight_files, write_hf_folder)
+    from ast_ds.conv1d import read_conv1d_names, to_linear_layout, to_saved_layout
 
+    conv1d = set(read_conv1d_names(meta_dir))  # GPT-2: the base stores these [in, out]
     n, m = parse_nm(pattern)
     scaling = alpha / rank
     names = lora_names(targets)
@@ -153,9 +155,11 @@ def export_lora(files, *, base_dir: str, out: str, targets: list[str], rank: int
                     value = f.get_tensor(key).float()
                     if key in adapters:
                         a, b = adapters[key]
+                        value = to_linear_layout(key, value, conv1d)
                         value = (masked_merge(value, a, b, scaling) if masked else
                                  plain_merge_repruned(value, a, b, scaling, n=n, m=m)).to(DTYPES[dtype])
                         layers[key] = layer_report(value, n=n, m=m)
+                        value = to_saved_layout(key, value, conv1d)
                     yield key, value
 
     def report():
@@ -169,7 +173,8 @@ def export_lora(files, *, base_dir: str, out: str, targets: list[str], rank: int
         return rep
 
     modules = [t.rsplit(".", 2)[-2] for t in targets]
-    adapter_cfg = peft_adapter_config(base=os.path.abspath(base_dir), rank=rank, alpha=alpha, modules=modules)
+    adapter_cfg = peft_adapter_config(base=os.path.abspath(base_dir), rank=rank, alpha=alpha, modules=modules,
+                                      fan_in_fan_out=bool(conv1d))
     write_hf_folder(out, tensors=tensors(), config_dir=meta_dir, dtype=dtype, report=report, overwrite=overwrite,
                     max_shard_bytes=max_shard_bytes,
                     extra_files={LORA_FILE: {"rank": rank, "alpha": alpha, "masked": masked, "targets": targets,

@@ -53,7 +53,8 @@ class MetricsLogger:
             writer.writerows(self.rows)
 
     def plot(self, path: str) -> None:
-        """Loss parts, lr, λ, flip rates and per-domain eval losses over steps."""
+        """Loss parts, lr, λ (and λ_max with lam_max auto), flip rates (and the auto target path) and per-domain
+        eval losses over steps."""
         if not self.enabled or not self.rows:
             return
         import matplotlib
@@ -67,8 +68,8 @@ class MetricsLogger:
 
         keys = set(k for r in self.rows for k in r)
         panels = [("loss", [k for k in ("loss", "kl", "ce") if k in keys]),
-                  ("lr / λ", [k for k in ("lr", "lambda") if k in keys]),
-                  ("mask flips", [k for k in ("flip_rate", "init_flip_rate") if k in keys]),
+                  ("lr / λ", [k for k in ("lr", "lambda", "lam_max") if k in keys]),
+                  ("mask flips", [k for k in ("flip_rate", "init_flip_rate", "flip_target") if k in keys]),
                   ("eval loss", sorted(k for k in keys if k.startswith("eval_loss/")))]
         panels = [p for p in panels if p[1]]
         fig, axes = plt.subplots(len(panels), 1, figsize=(8, 2.6 * len(panels)), sharex=True, squeeze=False)

@@ -61,7 +61,8 @@ def check_safetensors(path: str, *, what: str = "model.path") -> None:
 # default N:M / LoRA targets by Hugging Face model_type (last name component of the block linears)
 TARGETS_BY_TYPE = {**{t: LLAMA_TARGETS for t in ("llama", "mistral", "mixtral", "qwen2", "qwen3", "gemma", "gemma2",
                                                "phi3", "olmo", "olmo2")},
-                   "opt": ("q_proj", "k_proj", "v_proj", "out_proj", "fc1", "fc2")}
+                   "opt": ("q_proj", "k_proj", "v_proj", "out_proj", "fc1", "fc2"),
+                   "gpt2": ("c_attn", "c_proj", "c_fc")}  # Conv1D in HF, swapped to nn.Linear (ast_ds.conv1d)
 
 
 def model_type(path: str) -> str:

@@ -58,7 +58,7 @@ def layerwise(model, targets: list[str], inputs: torch.Tensor, *, stat: str, pro
     one pass that stops after the block, then ``process(name, linear, stat)`` each of them (in place), so
     block i's statistics come from blocks 0..i−1 already processed (Wanda, SparseGPT, GPTQ)."""
     lists = [(n, mod) for n, mod in model.named_modules() if isinstance(mod, torch.nn.ModuleList) and
-             n.endswith("layers")]  # LLaMA: model.layers; OPT: model.decoder.layers
+             n.endswith(("layers", "transformer.h"))]  # LLaMA: model.layers; OPT: model.decoder.layers; GPT-2: .h
     if len(lists) != 1:
         raise ValueError(f"cannot find the transformer blocks of {type(model).__name__} (a ModuleList named *layers)")
     blocks_name, blocks = lists[0]
@@ -121,26 +121,33 @@ def prune_oneshot(model_dir: str, out: str, *, method: str = "magnitude", patter
 
     check_model_dir(model_dir, what="--model")
     modules = modules or default_targets(model_dir, what="targets")
+    from ast_ds.conv1d import conv1d_names_of_folder, conv1d_to_linear, to_linear_layout, to_saved_layout
+
+    conv1d = set(conv1d_names_of_folder(model_dir))  # GPT-2: pruned as [out, in], saved back as [in, out]
     if method == "magnitude":
         sd = load_hf_state_dict(model_dir)
         targets = target_keys(sd, modules)
         for k in targets:
-            sd[k] = apply_mask(sd[k], magnitude_nm_mask(sd[k], n=n, m=m))
+            w = to_linear_layout(k, sd[k], conv1d)
+            sd[k] = apply_mask(w, magnitude_nm_mask(w, n=n, m=m))
     elif method in ("wanda", "sparsegpt"):
         if not calib:
             raise ValueError(f"--method {method} needs --calib (a text/jsonl file or a data_prep folder)")
         from ast_ds.evaluate import load_model
 
         model = load_model(model_dir, device)
+        conv1d_to_linear(model)
         targets = target_keys(dict(model.named_parameters()), modules)
         inputs = calibration_inputs(calib, tokenizer_dir=model_dir, nsamples=nsamples, seq_len=seq_len,
                                     seed=seed).to(device)
         prune_layerwise(model, targets, inputs, method=method, n=n, m=m, blocksize=blocksize, percdamp=percdamp)
-        sd = {k: v.detach().float().cpu() for k, v in model.state_dict().items()}
+        tied = {"lm_head.weight"} if getattr(model.config, "tie_word_embeddings", False) else set()
+        sd = {k: v.detach().float().cpu() for k, v in model.state_dict().items() if k not in tied}
     else:
         raise ValueError(f"--method {method!r}: choose magnitude, wanda or sparsegpt")
-    report = sparsity_report(sd, targets, n=n, m=m)
+    report = sparsity_report(sd, targets, n=n, m=m)  # every target in its [out, in] layout here
     report.update(method=method, source=os.path.abspath(model_dir), calib=calib, nsamples=nsamples)
+    sd = {k: to_saved_layout(k, v, conv1d) for k, v in sd.items()}
     write_hf_folder(out, tensors=sd, config_dir=model_dir, dtype=dtype, report=report, overwrite=overwrite)
     return report
 
@@ -158,11 +165,14 @@ def masks_of_pruned_folder(model_dir: str, names, *, n: int, m: int) -> dict:
     if not files:
         raise ValueError(f"sparsity.init_mask {model_dir}: no .safetensors files (export it with "
                          f"launchers/prune_oneshot.py)")
+    from ast_ds.conv1d import conv1d_names_of_folder, to_linear_layout
+
+    conv1d = set(conv1d_names_of_folder(model_dir))
     wanted, masks = set(names), {}
     for f in files:
         with safe_open(os.path.join(model_dir, f), framework="pt") as sf:
             for key in wanted & set(sf.keys()):
-                masks[key] = magnitude_nm_mask(sf.get_tensor(key).float(), n=n, m=m)
+                masks[key] = magnitude_nm_mask(to_linear_layout(key, sf.get_tensor(key).float(), conv1d), n=n, m=m)
     missing = sorted(wanted - set(masks))
     if missing:
         raise ValueError(f"sparsity.init_mask {model_dir} lacks {missing[:3]}; prune the same model architecture")

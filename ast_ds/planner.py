@@ -77,8 +77,11 @@ def model_shape(config, target_modules: list[str]) -> ModelShape:
 
     from ast_ds.model import sparse_target_names
 
+    from ast_ds.conv1d import conv1d_to_linear
+
     with torch.device("meta"):
         model = AutoModelForCausalLM.from_config(config)
+        conv1d_to_linear(model)  # GPT-2, as training sees it
     numel = {n: p.numel() for n, p in model.named_parameters()}
     targets = sparse_target_names(model, target_modules)
     get = lambda *names: next((int(getattr(config, n)) for n in names if getattr(config, n, None)), 0)  # noqa: E731

@@ -159,6 +159,9 @@ def quantize_folder(model_dir: str, out: str, *, fmt: str, method: str = "rtn", 
     n, m = parse_nm(pattern)
     check_model_dir(model_dir, what="--model")
     modules = modules or default_targets(model_dir, what="targets")
+    from ast_ds.conv1d import conv1d_names_of_folder, conv1d_to_linear, to_linear_layout, to_saved_layout
+
+    conv1d = conv1d_names_of_folder(model_dir)  # GPT-2: quantized as [out, in] (groups along the input)
     if method == "gptq":
         if not calib:
             raise ValueError("--method gptq needs --calib (a text/jsonl file or a data_prep folder)")
@@ -166,7 +169,9 @@ def quantize_folder(model_dir: str, out: str, *, fmt: str, method: str = "rtn", 
         from ast_ds.oneshot import calibration_inputs, layerwise
 
         model = load_model(model_dir, device)
-        sd = {k: v.detach().float().cpu() for k, v in model.state_dict().items()}
+        conv1d_to_linear(model)
+        tied = {"lm_head.weight"} if getattr(model.config, "tie_word_embeddings", False) else set()
+        sd = {k: v.detach().float().cpu() for k, v in model.state_dict().items() if k not in tied}
         targets = _target_names(sd, modules)
         inputs = calibration_inputs(calib, tokenizer_dir=model_dir, nsamples=nsamples, seq_len=seq_len,
                                     seed=seed).to(device)
@@ -181,6 +186,7 @@ def quantize_folder(model_dir: str, out: str, *, fmt: str, method: str = "rtn", 
         layerwise(model, targets, inputs, stat="hessian", process=process)
     else:
         sd = load_hf_state_dict(model_dir)
+        sd = {k: to_linear_layout(k, v, conv1d) for k, v in sd.items()}
         targets = _target_names(sd, modules)
         quantized = {name: quantize_rtn(sd[name], fmt, group_size=group_size) for name in targets}
     layers, bad = {}, []
@@ -201,8 +207,9 @@ def quantize_folder(model_dir: str, out: str, *, fmt: str, method: str = "rtn", 
             stored, scales = quantized[name]
             tensors[name + "_q"], tensors[name + "_scale"] = stored, scales.float()
         else:
-            tensors[name] = value
-    info = {"format": fmt, "method": method, "group_size": None if fmt == "fp8" else group_size,
+            tensors[name] = to_saved_layout(name, value, conv1d)
+    info = {"format": fmt, "method": method, "conv1d": [t for t in targets if t in conv1d],
+            "group_size": None if fmt == "fp8" else group_size,
             "pattern": pattern, "targets": targets, "source": os.path.abspath(model_dir), "calib": calib,
             "scale_granularity": "per output row" if fmt == "fp8" else f"per {group_size} input columns"}
     report = {"pattern": pattern, "all_ok": True, "num_targets": len(targets), "quantization": info,
@@ -232,7 +239,8 @@ def load_quantized(model_dir: str, *, dtype=torch.float32):
             tensors.update({k: sf.get_tensor(k) for k in sf.keys()})
     state = {k: v for k, v in tensors.items() if not k.endswith(("_q", "_scale"))}
     for name in info["targets"]:
-        state[name] = dequantize(tensors[name + "_q"], tensors[name + "_scale"], info["format"])
+        weight = dequantize(tensors[name + "_q"], tensors[name + "_scale"], info["format"])  # [out, in]
+        state[name] = weight.t() if name in info.get("conv1d", ()) else weight  # GPT-2's Conv1D: [in, out]
     model = AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(model_dir), torch_dtype=dtype)
     missing, unexpected = model.load_state_dict({k: v.to(dtype) for k, v in state.items()}, strict=False)
     missing = [k for k in missing if not k.endswith("lm_head.weight") or not model.config.tie_word_embeddings]

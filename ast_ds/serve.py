@@ -104,6 +104,9 @@ def load_for_serving(model_dir: str, *, backend: str = "semi_structured", dtype:
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     torch_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}[dtype]
     model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch_dtype).to(device).eval()
+    from ast_ds.conv1d import conv1d_to_linear
+
+    conv1d_to_linear(model)  # GPT-2: the 2:4 kernels take nn.Linear weights [out, in]
     summary = sparsify(model, backend=backend, cutlass=cutlass)
     return model, AutoTokenizer.from_pretrained(model_dir), summary
 

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import torch
 
-from ast_ds.checkpoint.layout import META_METHOD, META_MODE, META_PATTERN, META_SCALING_GROUPS, META_SLORB_K
+from ast_ds.checkpoint.layout import DECAY, META_METHOD, META_MODE, META_PATTERN, META_SCALING_GROUPS, META_SLORB_K
 from ast_ds.config import SparsityConfig, TrainConfig
 from ast_ds.sparsity import DecaySchedule, parse_nm
 
@@ -58,6 +58,9 @@ class DenseTraining:
     def after_restore(self) -> None:
         pass
 
+    def shared_components(self) -> dict:
+        return {}
+
 
 class SparseTraining:
     """``mode=ast``: AST (masked forward, annealed SR-STE in AdamW) or CAST (dense forward, AdamS, hard
@@ -68,7 +71,8 @@ class SparseTraining:
         self.sp, self.total_steps = sp, total_steps
         self.n, self.m = parse_nm(sp.pattern)
         t0 = 0 if sp.method == "cast" else round(sp.ramp_fraction * total_steps)  # CAST: constant λ (AdamS)
-        self.decay = DecaySchedule(sp.lam_max, total_steps, t0=t0)
+        self.auto = sp.lam_max == "auto"  # λ_max steered by the flip ratio; built once the model's size is known
+        self.decay = None if self.auto else DecaySchedule(sp.lam_max, total_steps, t0=t0)
         self.masks = None
         self.meta = {META_MODE: "ast", META_PATTERN: sp.pattern, META_METHOD: sp.method, META_SLORB_K: sp.slorb_k,
                      META_SCALING_GROUPS: sp.scaling_groups}
@@ -99,6 +103,12 @@ class SparseTraining:
             add_weight_scaling(model, targets, groups=self.sp.scaling_groups)
         self.masks = ShardedMasks(targets, n=self.n, m=self.m, track_initial=self.sp.track_initial,
                                   mask_forward=self.sp.method == "ast")
+        if self.auto:
+            from ast_ds.sparsity.flip_control import AdaptiveDecay, FlipController, table8_flip_target
+
+            params = sum(getattr(p, "ds_numel", p.numel()) for p in model.parameters())  # full sizes under ZeRO-3
+            target = self.sp.flip_target or table8_flip_target(params)
+            self.decay = AdaptiveDecay(FlipController(target=target, total_steps=self.total_steps, lam=self.sp.lam_init))
 
     def make_optimizer(self, groups, **opt_args) -> torch.optim.Optimizer:
         from ast_ds.optim.ast_adamw import ASTAdamW
@@ -116,10 +126,19 @@ class SparseTraining:
         self.masks.bind(engine, initial_keep=initial)
 
     def step_metrics(self, step: int) -> dict:
-        """Flip rates after each mask refresh (collective)."""
+        """Flip rates after each mask refresh (collective); with lam_max auto, the λ_max they steer to (every rank
+        computes the same value from the all-reduced ratio)."""
         if self.sp.mask_interval and step % self.sp.mask_interval == 0:
-            return self.masks.flip_rates()
+            rates = self.masks.flip_rates()
+            if self.auto:
+                rates.update(lam_max=self.decay.observe(step, rates["init_flip_rate"]),
+                             flip_target=self.decay.controller.target_at(step))
+            return rates
         return {}
+
+    def shared_components(self) -> dict:
+        """State the checkpoint keeps once for every rank: the λ_max controller when lam_max is auto."""
+        return {DECAY: self.decay} if self.auto else {}
 
     def log_metrics(self, step: int) -> dict:
         """λ(t) and the measured sparsity of the forward weights (collective)."""

@@ -148,10 +148,13 @@ def _build_student(cfg: TrainConfig, ds_cfg: dict, sparse, corpus: Corpus, dtype
     from ast_ds.model import load_causal_lm, vocab_size
     from ast_ds.optim.lr import lr_factor
 
+    from ast_ds.conv1d import conv1d_to_linear
+
     student = load_causal_lm(cfg.model.path, ds_config=ds_cfg, dtype=dtype, dropout=cfg.model.dropout)
+    conv1d = conv1d_to_linear(student)  # GPT-2: Conv1D [in, out] -> nn.Linear [out, in]; back at export
     vocab = vocab_size(student)  # the corpus fits it: checked by preflight on every rank
     if collectives.is_rank_zero():
-        write_hf_meta(cfg.out_dir, student.config, model_path=cfg.model.path, corpus=corpus)
+        write_hf_meta(cfg.out_dir, student.config, model_path=cfg.model.path, corpus=corpus, conv1d=conv1d)
     sparse.prepare_model(student)
     if cfg.activation_checkpointing:
         student.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
@@ -215,7 +218,7 @@ def build(cfg: TrainConfig, *, ds_config_path: str) -> Run:
     counters = TrainCounters()
     meta = dict(sparse.meta, **{META_MODEL: model_fingerprint(cfg.model.path)})
     checkpoints = CheckpointManager(cfg.out_dir, engine=engine, meta=meta, keep_last=cfg.keep_last,
-                                    shared={TRAINER: counters, DOMAIN_WEIGHTS: updater},
+                                    shared={TRAINER: counters, DOMAIN_WEIGHTS: updater, **sparse.shared_components()},
                                     per_rank={SPARSITY: sparse, LOADER: loader, RNG: RNGState()})
     loop = _Loop(cfg, engine=engine, schedule=schedule, loader=loader, teacher=teacher, sparse=sparse,
                  updater=updater, counters=counters, evaluate=lambda: evaluate(engine), vocab=vocab)

@@ -21,6 +21,7 @@ from ast_ds.checkpoint.export import (DEFAULT_SHARD_BYTES, DTYPES, apply_mask, l
 from ast_ds.checkpoint.layout import (META_MODE, META_PATTERN, META_STEP, META_WORLD_SIZE, SPARSITY, CheckpointError,
                                       ds_model_file, hf_meta_dir, rank_file, read_meta, resolve_tag_dir, run_dir_of)
 from ast_ds.checkpoint.zero3_files import NotZero3Error, Zero3Files
+from ast_ds.conv1d import read_conv1d_names, to_saved_layout
 from ast_ds.converters import EXPORT_FILE, scaled_weight
 from ast_ds.sparsity.nm_mask import parse_nm
 from ast_ds.sparsity.slices import gather_bits, index_slices
@@ -80,8 +81,9 @@ def _weights(tag_dir: str, world_size: int):
 class _Exporter:
     """The tensors of the export, one at a time, and the report built as they pass."""
 
-    def __init__(self, files: Zero3Files | _WholeModel, rank_states: list[dict] | None, pattern: str | None, dtype: str):
-        self.files, self.dtype = files, DTYPES[dtype]
+    def __init__(self, files: Zero3Files | _WholeModel, rank_states: list[dict] | None, pattern: str | None, dtype: str,
+                 conv1d: list[str] = ()):
+        self.files, self.dtype, self.conv1d = files, DTYPES[dtype], set(conv1d)
         self.pieces = index_slices(rank_states) if rank_states is not None else {}
         self.n, self.m = parse_nm(pattern) if rank_states is not None else (None, None)
         unknown = [name for name in self.pieces if name not in files.entries]
@@ -90,7 +92,8 @@ class _Exporter:
         self.targets = sorted(self.pieces)
         prefixes = {name.rsplit(".", 1)[0]: name for name in self.targets}
         self.scales = {f"{p}.cast_scale": t for p, t in prefixes.items() if f"{p}.cast_scale" in files.entries}
-        self.modules = {"slorb": sorted(p for p in prefixes if f"{p}.slorb_s" in files.entries),
+        self.modules = {"conv1d": sorted(self.conv1d),
+                        "slorb": sorted(p for p in prefixes if f"{p}.slorb_s" in files.entries),
                         "weight_scaling_folded": sorted(self.scales.values())}
         self.layers: dict[str, dict] = {}
 
@@ -106,7 +109,7 @@ class _Exporter:
                 self.layers[name] = layer_report(value, n=self.n, m=self.m)
             else:
                 value = value.to(self.dtype)
-            yield name, value
+            yield name, to_saved_layout(name, value, self.conv1d)  # GPT-2's Conv1D: back to [in, out]
 
     def _masked(self, name: str, weight: torch.Tensor) -> torch.Tensor:
         prefix = name.rsplit(".", 1)[0]
@@ -152,7 +155,7 @@ def consolidate(checkpoint: str, out: str, *, dtype: str = "bf16", overwrite: bo
                                  max_shard_bytes=max_shard_bytes)
     sparse = meta.get(META_MODE) == "ast"
     exporter = _Exporter(_weights(tag_dir, len(rank_files)), _rank_sparsity_states(rank_files) if sparse else None,
-                         meta.get(META_PATTERN), dtype)
+                         meta.get(META_PATTERN), dtype, conv1d=read_conv1d_names(meta_dir))
     summary = {}
 
     def report() -> dict:

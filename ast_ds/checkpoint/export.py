@@ -65,15 +65,18 @@ def copy_tokenizer(src: str, dst: str) -> list[str]:
     return files
 
 
-def write_hf_meta(run_dir: str, model_config, *, model_path: str, corpus) -> str:
-    """``<run>/hf_meta``: the model's HF config and tokenizer, which consolidation copies into every export.
-    The tokenizer comes from the model folder, else from the corpus's own copy (what the data was
-    tokenized with). Rank 0 only; returns the folder."""
+def write_hf_meta(run_dir: str, model_config, *, model_path: str, corpus, conv1d: list[str] = ()) -> str:
+    """``<run>/hf_meta``: the model's HF config and tokenizer, which consolidation copies into every export,
+    and the names of the Conv1D weights trained as ``nn.Linear`` (``ast_ds.conv1d``). The tokenizer comes from
+    the model folder, else from the corpus's own copy (what the data was tokenized with). Rank 0 only;
+    returns the folder."""
     from ast_ds.checkpoint.layout import hf_meta_dir
+    from ast_ds.conv1d import write_conv1d_names
 
     meta = hf_meta_dir(run_dir)
     os.makedirs(meta, exist_ok=True)
     model_config.save_pretrained(meta)
+    write_conv1d_names(meta, list(conv1d))
     if not copy_tokenizer(model_path, meta):
         copy_tokenizer(corpus.tokenizer_dir(), meta)
     return meta

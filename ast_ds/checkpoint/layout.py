@@ -32,7 +32,7 @@ COMPLETE = "COMPLETE"
 LATEST = "latest"
 
 # component keys
-TRAINER, DOMAIN_WEIGHTS = "trainer", "domain_weights"  # shared
+TRAINER, DOMAIN_WEIGHTS, DECAY = "trainer", "domain_weights", "decay"  # shared (decay: lam_max auto only)
 LOADER, RNG, SPARSITY = "loader", "rng", "sparsity"  # per rank
 # keys of the COMPLETE meta: written by the manager itself, and the run settings a resume must share
 META_STEP, META_WORLD_SIZE = "step", "world_size"
