@@ -149,7 +149,9 @@ def test_dropout_must_be_a_probability_or_minus_one(tmp_path):
 
 # the paper's appendix Table 8, column by column: lr, λ_max, steps, KL weight α
 TABLE8 = {"opt_125m": (1e-4, 3e-4, 40_000, 2 / 3), "opt_350m": (1e-4, 1e-4, 40_000, 2 / 3),
-          "opt_1_3b": (2e-5, 6e-5, 20_000, 2 / 3), "llama2_7b": (2e-5, 6e-5, 15_000, 1 / 3)}
+          "opt_1_3b": (2e-5, 6e-5, 20_000, 2 / 3), "gpt2_124m": (2e-4, 1e-4, 40_000, 2 / 3),
+          "gpt2_350m": (1e-4, 6e-5, 40_000, 2 / 3), "gpt2_774m": (1e-4, 6e-5, 40_000, 2 / 3),
+          "gpt2_1_5b": (6e-5, 6e-5, 20_000, 2 / 3), "llama2_7b": (2e-5, 6e-5, 15_000, 1 / 3)}
 
 
 @pytest.mark.parametrize("name", list(TABLE8))

@@ -88,6 +88,7 @@ def test_a_signal_on_one_rank_saves_that_step_everywhere_and_resume_is_exact(ws,
     assert tensors_equal(fp32(uninterrupted, STEPS), fp32(out, STEPS))
 
 
+@pytest.mark.slow  # the supervised launcher (the documented way) is tested in CI
 @pytest.mark.multiprocess
 def test_sigterm_through_the_deepspeed_launcher(ws, uninterrupted):
     """The launcher forwards SIGTERM to the ranks (and kills them after 30 s): they finish the step,

@@ -227,6 +227,7 @@ def test_a_dense_zero2_run_consolidates(workspace, tmp_path):
     assert sum(p.numel() for p in model.parameters()) > 0
 
 
+@pytest.mark.slow
 @pytest.mark.multiprocess
 def test_activation_checkpointing_changes_no_loss(workspace, tmp_path):
     """Recomputing the layers in the backward (HF gradient checkpointing under ZeRO-3, masked forward)
