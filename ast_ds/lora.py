@@ -17,7 +17,6 @@ format (PEFT applies W + s·B·A without the mask: for a masked run the merged f
 
 from __future__ import annotations
 
-import json
 import math
 import os
 
@@ -138,6 +137,7 @@ def export_lora(files, *, base_dir: str, out: str, targets: list[str], rank: int
     from safetensors import safe_open
     from safetensors.torch import save_file
 
+    from ast_ds.atomic import write_json_atomic
     from ast_ds.checkpoint.export import (DTYPES, layer_report, summarize_layers, weight_files, write_hf_folder)
     from ast_ds.conv1d import read_conv1d_names, to_linear_layout, to_saved_layout
 
@@ -162,6 +162,8 @@ def export_lora(files, *, base_dir: str, out: str, targets: list[str], rank: int
                         value = to_saved_layout(key, value, conv1d)
                     yield key, value
 
+    summary: dict = {}
+
     def report():
         rep = summarize_layers(layers, n=n, m=m)
         if len(layers) != len(targets) or not rep["all_ok"]:
@@ -170,7 +172,13 @@ def export_lora(files, *, base_dir: str, out: str, targets: list[str], rank: int
                              f"nothing was written")
         rep.update(info, lora={"rank": rank, "alpha": alpha, "masked": masked,
                                "merge": "(W + s·B·A) ⊙ (W != 0)" if masked else "W + s·B·A re-pruned by magnitude"})
+        summary.update(rep)
         return rep
+
+    def write_adapter(folder: str) -> None:  # PEFT's layout: adapter_model.safetensors + adapter_config.json
+        save_file({f"base_model.model.{names[t][i]}.weight": adapters[t][i].contiguous() for t in targets for i in (0, 1)},
+                  os.path.join(folder, "adapter_model.safetensors"))
+        write_json_atomic(os.path.join(folder, "adapter_config.json"), adapter_cfg)
 
     modules = [t.rsplit(".", 2)[-2] for t in targets]
     adapter_cfg = peft_adapter_config(base=os.path.abspath(base_dir), rank=rank, alpha=alpha, modules=modules,
@@ -179,15 +187,6 @@ def export_lora(files, *, base_dir: str, out: str, targets: list[str], rank: int
                     max_shard_bytes=max_shard_bytes,
                     extra_files={LORA_FILE: {"rank": rank, "alpha": alpha, "masked": masked, "targets": targets,
                                              "base": os.path.abspath(base_dir)}},
-                    extra_dirs={ADAPTER_DIR: lambda folder: (
-                        save_file({f"base_model.model.{names[t][i]}.weight": adapters[t][i].contiguous()
-                                   for t in targets for i in (0, 1)},
-                                  os.path.join(folder, "adapter_model.safetensors")),
-                        _write_json(os.path.join(folder, "adapter_config.json"), adapter_cfg))})
-    summary = json.load(open(os.path.join(out, "sparsity_report.json")))
+                    extra_dirs={ADAPTER_DIR: write_adapter})
     return summary
 
-
-def _write_json(path: str, content: dict) -> None:
-    with open(path, "w") as f:
-        json.dump(content, f, indent=2)

@@ -55,6 +55,7 @@ def merge_dense(base: str, adapter: str, out: str) -> None:
 
     from ast_ds.checkpoint.export import copy_tokenizer
     from ast_ds.evaluate import load_model
+    from ast_ds.lora import lora_delta
 
     with open(os.path.join(adapter, "adapter_config.json")) as f:
         cfg = json.load(f)
@@ -65,7 +66,7 @@ def merge_dense(base: str, adapter: str, out: str) -> None:
             if key.endswith(".lora_A.weight"):
                 module = key[len("base_model.model."):-len(".lora_A.weight")]
                 b = tensors[key.replace("lora_A", "lora_B")]
-                model.get_submodule(module).weight += (b @ a) * (cfg["lora_alpha"] / cfg["r"])
+                model.get_submodule(module).weight += lora_delta(a, b, cfg["lora_alpha"] / cfg["r"])
     model.save_pretrained(out, safe_serialization=True)
     copy_tokenizer(base, out)
 

@@ -186,7 +186,7 @@ def test_instruction_rows_carry_a_response_only_loss_mask(workspace, tmp_path):
     n = len(reader)
     assert n == len(stream) // 32 and reader.has_loss_mask
     assert reader.rows(range(n)).reshape(-1).tolist() == stream[:n * 32]
-    assert reader.loss_masks(range(n)).reshape(-1).tolist() == mask[:n * 32]
+    assert reader.read(range(n))[1].reshape(-1).tolist() == mask[:n * 32]
     batch = MultiDomainLoader(Corpus(str(tmp_path / "data")), micro_batch=4, rank=0, world_size=1).next_batch()
     assert batch["loss_mask"].dtype == torch.bool and batch["loss_mask"].shape == batch["input_ids"].shape
     with pytest.raises(DataPrepError, match="--prompt_field and --response_field go together"):

@@ -46,11 +46,12 @@ class SplitReader:
         """[len(indices), seq_len] token ids, in the order given."""
         return np.stack([self.dataset[int(i)][TOKENS_COLUMN] for i in indices])
 
-    def loss_masks(self, indices) -> np.ndarray | None:
-        """[len(indices), seq_len] uint8 loss masks of instruction data (1 = a response token); None for text."""
-        if not self.has_loss_mask:
-            return None
-        return np.stack([self.dataset[int(i)][LOSS_MASK_COLUMN] for i in indices])
+    def read(self, indices) -> tuple[np.ndarray, np.ndarray | None]:
+        """(token ids, loss masks) of the rows, each sample read once: [len(indices), seq_len] ids and, for
+        instruction data, the uint8 loss masks (1 = a response token); None for text."""
+        samples = [self.dataset[int(i)] for i in indices]
+        rows = np.stack([s[TOKENS_COLUMN] for s in samples])
+        return rows, np.stack([s[LOSS_MASK_COLUMN] for s in samples]) if self.has_loss_mask else None
 
 
 # one reader per process and folder: streaming forbids reusing a local folder for a second remote

@@ -82,12 +82,11 @@ def labels_of(batch: dict[str, torch.Tensor], ignore_index: int = -100) -> torch
     return labels
 
 
-def _loss_masks(readers, pairs, seq_len: int) -> np.ndarray | None:
-    """The rows' loss masks when any domain has them (all ones for a text domain mixed in), else None."""
-    if not any(readers[d].has_loss_mask for d, _ in pairs):
+def _stack_masks(masks: list[np.ndarray | None], seq_len: int) -> np.ndarray | None:
+    """The rows' loss masks when any row has one (all ones for a row of a text domain mixed in), else None."""
+    if all(m is None for m in masks):
         return None
-    return np.stack([m[0] if (m := readers[d].loss_masks([i])) is not None else np.ones(seq_len, np.uint8)
-                     for d, i in pairs])
+    return np.stack([m if m is not None else np.ones(seq_len, np.uint8) for m in masks])
 
 
 class MultiDomainLoader:
@@ -158,9 +157,9 @@ class MultiDomainLoader:
         domains, rows = self._plan
         lo = (self._read * self.world_size + self.rank) * self.micro_batch
         mine = slice(lo, lo + self.micro_batch)
-        pairs = [(int(d), int(i)) for d, i in zip(domains[mine], rows[mine])]
-        batch = np.stack([self._readers[d].rows([i])[0] for d, i in pairs])
-        masks = _loss_masks(self._readers, pairs, batch.shape[1])
+        read = [self._readers[int(d)].read([int(i)]) for d, i in zip(domains[mine], rows[mine])]
+        batch = np.stack([r[0] for r, _ in read])
+        masks = _stack_masks([m[0] if m is not None else None for _, m in read], batch.shape[1])
         if self._row_log:
             with open(self._row_log, "a") as f:
                 f.write(json.dumps({"batch": self.batches, "rows": [[self.domains[int(d)], int(i)] for d, i in
@@ -269,4 +268,5 @@ def eval_batches(corpus: Corpus, *, domain: str, micro_batch: int, max_batches: 
         n_batches = min(n_batches, max_batches)
     for b in range(n_batches):
         idx = mine[b * micro_batch:(b + 1) * micro_batch]
-        yield _to_batch(reader.rows(idx), np.full(len(idx), index), reader.loss_masks(idx))
+        ids, masks = reader.read(idx)
+        yield _to_batch(ids, np.full(len(idx), index), masks)
