@@ -45,6 +45,23 @@ def _check_cuda(backend: str) -> None:
                            f"{major}.{minor}; use --backend {'semi_structured' if backend == 'fp8' else 'dense'}")
 
 
+class SemiStructuredLinear(torch.nn.Module):
+    """A linear whose weight is a ``to_sparse_semi_structured`` tensor. The 2:4 kernels take a 2-D input only
+    (a decode step's [batch, 1, in] fails inside the subclass's dispatch), so the input is flattened first."""
+
+    def __init__(self, linear: torch.nn.Linear):
+        super().__init__()
+        from torch.sparse import to_sparse_semi_structured
+
+        self.in_features, self.out_features = linear.in_features, linear.out_features
+        self.weight = torch.nn.Parameter(to_sparse_semi_structured(linear.weight.detach()), requires_grad=False)
+        self.bias = linear.bias
+
+    def forward(self, x):
+        y = torch.nn.functional.linear(x.reshape(-1, self.in_features), self.weight, self.bias)
+        return y.reshape(*x.shape[:-1], self.out_features)
+
+
 def sparsify(model: torch.nn.Module, *, backend: str, targets=None, cutlass: bool = False) -> dict:
     """Swap the eligible 2:4 linears of ``model`` (already on the GPU, fp16/bf16) to ``backend`` in place;
     returns {"swapped": [...], "dense": {name: why}}."""
@@ -71,11 +88,12 @@ def sparsify(model: torch.nn.Module, *, backend: str, targets=None, cutlass: boo
         return summary
     _check_cuda(backend)
     if backend == "semi_structured":
-        from torch.sparse import SparseSemiStructuredTensor, to_sparse_semi_structured
+        from torch.sparse import SparseSemiStructuredTensor
 
         SparseSemiStructuredTensor._FORCE_CUTLASS = cutlass
         for name, lin in ok.items():
-            lin.weight = torch.nn.Parameter(to_sparse_semi_structured(lin.weight.detach()), requires_grad=False)
+            parent, _, child = name.rpartition(".")
+            setattr(model.get_submodule(parent) if parent else model, child, SemiStructuredLinear(lin))
             summary["swapped"].append(name)
     else:
         try:
