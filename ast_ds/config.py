@@ -123,7 +123,8 @@ class DataConfig:
     smoothing: float = 1e-4
     """Uniform mixing c of the dynamic weight update (Sheared-LLaMA)."""
     ref_losses: dict[str, float] = field(default_factory=dict)
-    """Per-domain reference losses (default: measured once from the teacher and cached in the run folder)."""
+    """Per-domain reference losses (default: measured once from the teacher, in mode dense from the starting model,
+    and cached in the run folder)."""
 
 
 @dataclass(kw_only=True)

@@ -2,7 +2,8 @@
 
 On a terminal :func:`bar` is an ordinary ``tqdm`` bar. When stderr is not a terminal (a SLURM log, a
 redirected file, CI), the same bar prints a plain line at most every ``$AST_DS_PROGRESS_SECONDS`` seconds
-(default 30) and one when it finishes, instead of a stream of carriage-return refreshes.
+(default 30) and one when it finishes, instead of a stream of carriage-return refreshes; a transient bar
+(``leave=False``, e.g. one per eval domain) prints nothing unless it runs longer than that.
 """
 
 from __future__ import annotations
@@ -40,6 +41,8 @@ def bar(iterable=None, **kwargs):
         every = float(os.environ.get(ENV, "30"))
         kwargs.update(file=_Lines(stream), mininterval=every, maxinterval=max(every, 60.0), dynamic_ncols=False,
                       ncols=100, ascii=True)
+        if kwargs.get("leave") is False:  # a transient bar: nothing at all unless it runs longer than `every`
+            kwargs.setdefault("delay", every)
     else:
         kwargs["file"] = stream
     return tqdm(iterable, **kwargs)

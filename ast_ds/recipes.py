@@ -129,9 +129,10 @@ def _table8_recipe(name: str, lr: float, lam_max: float, steps: int, what: str):
 
 
 def demo() -> TrainConfig:
-    """The embedded demo's AST 2:4 retraining of a tiny LLaMA on CPU (2 processes, fp32)."""
-    cfg = TrainConfig(mode="ast", out_dir="runs/demo/ast", total_steps=300, micro_batch=8, global_batch=16,
-                      precision="fp32", log_every=10, eval_every=50, eval_batches=4, save_every=100, keep_last=2)
+    """The embedded demo's AST 2:4 retraining of a tiny LLaMA on CPU (2 processes, fp32): 100 steps, a
+    fifteenth of the teacher's pretraining tokens (the paper retrains on a small fraction of them too)."""
+    cfg = TrainConfig(mode="ast", out_dir="runs/demo/ast", total_steps=100, micro_batch=8, global_batch=16,
+                      precision="fp32", log_every=10, eval_every=50, eval_batches=4, save_every=50, keep_last=2)
     cfg.sparsity.lam_max, cfg.sparsity.mask_interval = 2e-3, 10
     cfg.distill.alpha = 2 / 3
     cfg.optim.lr, cfg.optim.warmup_steps, cfg.optim.min_lr_ratio = 1e-3, 20, 0.1
@@ -140,10 +141,15 @@ def demo() -> TrainConfig:
 
 
 def demo_dense() -> TrainConfig:
-    """Dense pretraining of the demo's teacher from random init."""
+    """Dense pretraining of the demo's teacher from random init, in one process: 750 steps of 32 × 128
+    tokens (3.1M tokens, 15 times what the ``demo`` recipe retrains on), cosine to 1% of the peak learning
+    rate. Measured on the demo corpus, the dense teacher retrained with the ``demo`` recipe for 100 more
+    steps no longer improves on it (perplexity 2.102 → 2.119), so the demo's sparse rows are compared
+    against a teacher that the retraining budget alone cannot beat."""
     cfg = demo()
-    cfg.mode, cfg.out_dir, cfg.total_steps = "dense", "runs/demo/teacher", 800
-    cfg.optim.lr, cfg.optim.warmup_steps, cfg.optim.min_lr_ratio = 3e-3, 30, 0.1
+    cfg.mode, cfg.out_dir, cfg.total_steps = "dense", "runs/demo/teacher", 750
+    cfg.micro_batch, cfg.global_batch, cfg.eval_every, cfg.save_every = 32, 32, 250, 375
+    cfg.optim.lr, cfg.optim.warmup_steps, cfg.optim.min_lr_ratio = 3e-3, 30, 0.01
     cfg.data.weights_mode = "constant"
     return cfg
 

@@ -1,33 +1,42 @@
 """The comparison report: every method of the paper on one model and one prepared corpus, at a fixed
-token budget, as a Markdown table and a plot. Every trained row sees the same constant domain mix.
+token budget, each trained row over several seeds, as a Markdown table and a plot. Every trained row sees
+the same constant domain mix.
 
-    python -m ast_ds.report --model runs/demo/teacher_hf --data runs/demo/data --eval runs/demo/raw/test.txt \\
-        --recipe demo --steps 150 --work runs/report --out docs/results.md
+    python -m ast_ds.report --model runs/demo/teacher_hf --data runs/demo/data --eval runs/demo/data \\
+        --recipe demo --steps 150 --seeds 3 --work runs/report --out docs/results.md
 
-Rows: dense; one-shot magnitude, Wanda, SparseGPT; AST-Naive (AST without SLoRB), AST-Boosted (SLoRB
-k = 16), CAST; the ablations fixed mask, no KD, static SR-STE, naive training (fixed mask, no decay, no KD)
-and the initial mask from SparseGPT. Every trained row uses the same recipe, steps and data (the same
-token budget); each is consolidated and evaluated by perplexity on ``--eval``. Finished rows are reused
-when the report is run again (delete ``--work`` to start over). The paper's orderings are checked and
-the report says which hold.
+Rows: dense; dense retrained (the same recipe, steps and data in mode dense: what the token budget alone
+buys, the reference of the sparse rows); one-shot magnitude, Wanda, SparseGPT; AST-Naive (AST without
+SLoRB), AST-Boosted (SLoRB k = 16), CAST; the ablations fixed mask, no KD, static SR-STE, naive training
+(fixed mask, no decay, no KD) and the initial mask from SparseGPT. Every trained row runs ``--seeds``
+times (the seed sets the data order and the initialisation of anything random); it is consolidated and
+evaluated by perplexity on ``--eval``, and reported as mean ± sample std. One-shot and dense rows are
+deterministic (one run). Finished runs are reused when the report is run again (delete ``--work`` to
+start over), so more seeds can be added later.
+
+The paper's orderings are checked with the noise in view: an ordering *holds* only when the gap of the
+means exceeds twice the pooled standard deviation of the two rows, is *reversed* when the opposite gap
+does, and is *not resolved* otherwise.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import subprocess
 import sys
 
-from ast_ds.atomic import atomic_path, write_text_atomic
+from ast_ds.atomic import atomic_path, write_json_atomic, write_text_atomic
 from ast_ds.recipes import ABLATIONS
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
-# name -> (kind, training flags); kind: dense | oneshot:<method> | train (ablation names: recipes.ABLATIONS)
+# name -> (kind, training flags); kind: dense | retrained | oneshot:<method> | train (ablations: recipes.ABLATIONS)
 ROWS = {
     "dense": ("dense", []),
+    "dense retrained": ("retrained", ["--mode", "dense"]),
     "magnitude": ("oneshot:magnitude", []),
     "wanda": ("oneshot:wanda", []),
     "sparsegpt": ("oneshot:sparsegpt", []),
@@ -41,13 +50,45 @@ ROWS = {
     "SparseGPT init mask": ("train", ["--ablation", "oneshot_init"]),
 }
 assert all(f[1] in ABLATIONS for _, f in ROWS.values() if f[:1] == ["--ablation"]), "ROWS name an unknown ablation"
+REFERENCE = "dense retrained"  # the row the sparse rows are measured against
 
-# (better, worse, claim): the paper's findings (Tables 1, 4 and 12)
+# (better, worse): the paper's findings (Tables 1, 4 and 12), each "better has the lower perplexity"
 ORDERINGS = [
-    ("AST-Boosted", "AST-Naive", "<="), ("AST-Naive", "fixed mask", "<"), ("AST-Naive", "static SR-STE", "<"),
-    ("AST-Naive", "no KD", "<"), ("AST-Naive", "sparsegpt", "<"), ("AST-Naive", "wanda", "<"),
-    ("sparsegpt", "magnitude", "<"), ("wanda", "magnitude", "<"),
+    ("AST-Boosted", "AST-Naive"), ("AST-Naive", "fixed mask"), ("AST-Naive", "static SR-STE"),
+    ("AST-Naive", "no KD"), ("AST-Naive", "naive training"), ("AST-Naive", "sparsegpt"), ("AST-Naive", "wanda"),
+    ("sparsegpt", "magnitude"), ("wanda", "magnitude"),
 ]
+
+
+# ------------------------------------------------------------------------------------------- the statistics
+def mean_std(values: list[float]) -> tuple[float, float]:
+    """Mean and sample standard deviation (ddof 1; 0 for a single value)."""
+    n = len(values)
+    mean = sum(values) / n
+    return mean, (math.sqrt(sum((v - mean) ** 2 for v in values) / (n - 1)) if n > 1 else 0.0)
+
+
+def pooled_std(a: list[float], b: list[float]) -> float:
+    """The pooled sample standard deviation of two groups, sqrt(((na-1)sa² + (nb-1)sb²) / (na+nb-2)); a
+    deterministic row (one run) adds no degrees of freedom. 0 when neither group has two values."""
+    dof = len(a) + len(b) - 2
+    if dof <= 0:
+        return 0.0
+    ss = sum((len(x) - 1) * mean_std(x)[1] ** 2 for x in (a, b) if len(x) > 1)
+    return math.sqrt(ss / dof)
+
+
+def verdict(better: list[float], worse: list[float], *, k: float = 2.0) -> str:
+    """Whether "better has the lower perplexity" is resolved by these runs: ``holds`` when the gap of the
+    means exceeds ``k`` pooled standard deviations, ``reversed`` when the opposite gap does, ``not
+    resolved`` otherwise (a gap of exactly 0 is never resolved)."""
+    gap = mean_std(worse)[0] - mean_std(better)[0]
+    s = pooled_std(better, worse)
+    if gap > k * s and gap > 0:
+        return "holds"
+    if -gap > k * s and gap < 0:
+        return "reversed"
+    return "not resolved"
 
 
 def _run(cmd: list[str], log: str) -> None:
@@ -60,16 +101,22 @@ def _run(cmd: list[str], log: str) -> None:
         raise RuntimeError(f"{' '.join(cmd)} failed ({proc.returncode}); see {log}")
 
 
-def run_row(name: str, *, args, work: str) -> dict:
-    """Build (or reuse) the row's exported model and its perplexity."""
+def _slug(name: str) -> str:
+    return name.lower().replace(" ", "_").replace("-", "_")
+
+
+def run_row(name: str, *, seed: int, args, work: str) -> dict:
+    """Build (or reuse) one run of a row (one seed; deterministic rows ignore it): its exported model and
+    its perplexity, written to ``work/<row>[_s<seed>].json``."""
     from ast_ds.evaluate import perplexity
 
-    slug = name.lower().replace(" ", "_").replace("-", "_")
+    kind, flags = ROWS[name]
+    trained = kind in ("train", "retrained")
+    slug = _slug(name) + (f"_s{seed}" if trained else "")
     result_file = os.path.join(work, f"{slug}.json")
     if os.path.isfile(result_file):
         with open(result_file) as f:
             return json.load(f)
-    kind, flags = ROWS[name]
     hf = os.path.join(work, f"{slug}_hf")
     log = os.path.join(work, f"{slug}.log")
     py = sys.executable
@@ -81,52 +128,96 @@ def run_row(name: str, *, args, work: str) -> dict:
                   "--calib", args.data, "--nsamples", str(args.nsamples), "--out", hf], log)
     else:
         if "oneshot_init" in flags:
-            flags = flags + ["--sparsity.init_mask", run_row("sparsegpt", args=args, work=work)["model"]]
+            flags = flags + ["--sparsity.init_mask", run_row("sparsegpt", seed=0, args=args, work=work)["model"]]
         run = os.path.join(work, slug)
         if not os.path.isdir(hf):
             deepspeed = os.path.join(os.path.dirname(py), "deepspeed")
             _run([deepspeed, f"--num_gpus={args.nproc}", f"--master_port={args.master_port}", "launchers/train.py",
                   "--ds_config", args.ds_config, "--recipe", args.recipe, "--model.path", args.model,
                   "--data.data_dir", args.data, "--out_dir", run, "--total_steps", str(args.steps),
-                  "--save_every", "0", "--data.weights_mode", "constant", *flags], log)
+                  "--seed", str(seed), "--save_every", "0", "--data.weights_mode", "constant", *flags], log)
             _run([py, "launchers/consolidate.py", "--checkpoint", run, "--out", hf, "--dtype", "fp32"], log + ".export")
     ppl = perplexity(hf, args.eval, seq_len=args.seq_len, batch_size=8)["ppl"]
     report_path = os.path.join(hf, "sparsity_report.json")
-    rep = json.load(open(report_path)) if os.path.isfile(report_path) else {}
-    row = {"name": name, "kind": kind, "model": os.path.abspath(hf), "ppl": ppl,
+    rep = json.load(open(report_path)) if kind not in ("dense", "retrained") and os.path.isfile(report_path) else {}
+    row = {"name": name, "kind": kind, "seed": seed if trained else None, "model": os.path.abspath(hf), "ppl": ppl,
            "exact_nm": bool(rep.get("all_ok")) if rep else None, "pure_nm": rep.get("pure_nm", bool(rep)),
-           "steps": args.steps if kind == "train" else 0}
-    with open(result_file, "w") as f:
-        json.dump(row, f, indent=2)
+           "steps": args.steps if trained else 0}
+    write_json_atomic(result_file, row)
     return row
 
 
-def check_orderings(ppl: dict[str, float]) -> list[tuple[str, bool]]:
+def summarize(runs: list[dict]) -> dict:
+    """One table row from the runs of a method (its seeds)."""
+    ppls = [r["ppl"] for r in runs]
+    mean, std = mean_std(ppls)
+    first = runs[0]
+    return {"name": first["name"], "kind": first["kind"], "ppls": ppls, "mean": mean, "std": std,
+            "seeds": [r["seed"] for r in runs if r["seed"] is not None],
+            "exact_nm": all(r["exact_nm"] for r in runs) if first["exact_nm"] is not None else None,
+            "pure_nm": all(r["pure_nm"] for r in runs)}
+
+
+def check_orderings(ppls: dict[str, list[float]]) -> list[tuple[str, str]]:
+    """(claim with the figures, verdict) for each of the paper's orderings whose rows were run."""
     out = []
-    for a, b, op in ORDERINGS:
-        if a in ppl and b in ppl:
-            holds = ppl[a] <= ppl[b] if op == "<=" else ppl[a] < ppl[b]
-            out.append((f"{a} {op} {b} ({ppl[a]:.3f} vs {ppl[b]:.3f})", holds))
+    for a, b in ORDERINGS:
+        if a in ppls and b in ppls:
+            (ma, sa), (mb, sb) = mean_std(ppls[a]), mean_std(ppls[b])
+            claim = (f"{a} < {b} ({ma:.3f} ± {sa:.3f} vs {mb:.3f} ± {sb:.3f}; gap {mb - ma:+.3f}, "
+                     f"2 × pooled std {2 * pooled_std(ppls[a], ppls[b]):.3f})")
+            out.append((claim, verdict(ppls[a], ppls[b])))
     return out
 
 
+def _nm_cell(r: dict) -> str:
+    if r["kind"] in ("dense", "retrained"):
+        return "dense"
+    return "yes" if r["exact_nm"] and r["pure_nm"] else "N:M + SLoRB (not pure)" if r["exact_nm"] else "NO"
+
+
 def write_report(rows: list[dict], args, path: str) -> str:
-    dense = next(r["ppl"] for r in rows if r["kind"] == "dense")
+    """The Markdown report (``rows`` from ``summarize``), written atomically to ``path``; returns its text."""
+    dense = next(r["mean"] for r in rows if r["kind"] == "dense")
+    ref = next((r["mean"] for r in rows if r["name"] == REFERENCE), None)
+    seeds = max(len(r["ppls"]) for r in rows)
     tokens = f"{args.steps} steps of the `{args.recipe}` recipe"
     lines = [f"# Method comparison on `{args.model}`", "",
              f"Perplexity on `{args.eval}` (windows of {args.seq_len} tokens); trained rows: {tokens}, same data "
-             f"(`{args.data}`), {args.nproc} processes, ZeRO-3. Command: `python -m ast_ds.report {' '.join(sys.argv[1:])}`.",
-             "", "| method | kind | exact N:M | perplexity | vs dense |", "|---|---|---|---|---|"]
+             f"(`{args.data}`, constant domain mix), {args.nproc} processes, ZeRO-3, {seeds} seeds each "
+             f"(mean ± sample std; one-shot and dense rows are deterministic). "
+             f"Command: `python -m ast_ds.report {' '.join(sys.argv[1:])}`.", "",
+             "*dense retrained* is the dense model trained with the same recipe, steps and data (mode dense, "
+             "cross-entropy): what the token budget alone buys, and the reference of the ratio column.", "",
+             "| method | kind | exact N:M | runs | perplexity | vs dense | ÷ dense retrained |",
+             "|---|---|---|---|---|---|---|"]
     for r in rows:
-        nm = "dense" if r["kind"] == "dense" else ("yes" if r["exact_nm"] and r["pure_nm"] else
-                                                  "N:M + SLoRB (not pure)" if r["exact_nm"] else "NO")
-        lines.append(f"| {r['name']} | {r['kind']} | {nm} | {r['ppl']:.3f} | {r['ppl'] - dense:+.3f} |")
-    lines += ["", "## The paper's orderings", ""]
-    for claim, holds in check_orderings({r["name"]: r["ppl"] for r in rows}):
-        lines.append(f"- {'holds' if holds else '**does not hold**'}: {claim}")
-    text = "\n".join(lines) + "\n"
+        spread = f"{r['mean']:.3f} ± {r['std']:.3f}" if len(r["ppls"]) > 1 else f"{r['mean']:.3f}"
+        ratio = f"{r['mean'] / ref:.3f}" if ref else "n/a"
+        lines.append(f"| {r['name']} | {r['kind']} | {_nm_cell(r)} | {len(r['ppls'])} | {spread} | "
+                     f"{r['mean'] - dense:+.3f} | {ratio} |")
+    lines += ["", "## The paper's orderings", "",
+              "An ordering holds only when the gap of the means exceeds twice the pooled standard deviation "
+              "of the two rows; reversed when the opposite gap does; not resolved otherwise.", ""]
+    for claim, v in check_orderings({r["name"]: r["ppls"] for r in rows}):
+        lines.append(f"- {v if v == 'holds' else f'**{v}**'}: {claim}")
+    text = "\n".join(lines) + "\n" + _kept_notes(path)
     write_text_atomic(path, text)
     return text
+
+
+NOTES_MARKER = "<!-- notes: kept when the report is re-run -->"
+
+
+def _kept_notes(path: str) -> str:
+    """The hand-written part of an existing report: everything from ``NOTES_MARKER`` on (a re-run
+    replaces the figures, not the discussion below them)."""
+    if not os.path.isfile(path):
+        return ""
+    with open(path, encoding="utf-8") as f:
+        old = f.read()
+    at = old.find(NOTES_MARKER)
+    return "" if at < 0 else "\n" + old[at:]
 
 
 def plot(rows: list[dict], path: str) -> None:
@@ -135,11 +226,14 @@ def plot(rows: list[dict], path: str) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(9, 4))
-    colors = ["gray" if r["kind"] == "dense" else "tab:orange" if r["kind"].startswith("oneshot") else "tab:blue"
-              for r in rows]
-    ax.bar([r["name"] for r in rows], [r["ppl"] for r in rows], color=colors)
-    ax.set_ylabel("perplexity")
+    fig, ax = plt.subplots(figsize=(10, 4))
+    colors = ["gray" if r["kind"] in ("dense", "retrained") else "tab:orange" if r["kind"].startswith("oneshot")
+              else "tab:blue" for r in rows]
+    ax.bar([r["name"] for r in rows], [r["mean"] for r in rows], yerr=[r["std"] for r in rows], capsize=3,
+           color=colors)
+    low = min(r["mean"] - r["std"] for r in rows)
+    ax.set_ylim(bottom=max(0.0, low - 0.15 * (max(r["mean"] for r in rows) - low + 1e-9)))
+    ax.set_ylabel("perplexity (mean ± std over seeds)")
     ax.set_title("dense (gray), one-shot (orange), trained 2:4 (blue)")
     plt.setp(ax.get_xticklabels(), rotation=35, ha="right")
     fig.tight_layout()
@@ -152,9 +246,10 @@ def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", required=True, help="dense Hugging Face model folder (the teacher)")
     p.add_argument("--data", required=True, help="data_prep output folder (training and calibration)")
-    p.add_argument("--eval", required=True, help="text/jsonl file for perplexity")
+    p.add_argument("--eval", required=True, help="text/jsonl file or data_prep folder (its eval split) for perplexity")
     p.add_argument("--recipe", default="demo")
     p.add_argument("--steps", type=int, default=150, help="training steps of every trained row (the token budget)")
+    p.add_argument("--seeds", type=int, default=3, help="runs (seeds 0..N-1) of every trained row; at least 1")
     p.add_argument("--seq_len", type=int, default=128)
     p.add_argument("--nsamples", type=int, default=64, help="calibration windows of Wanda/SparseGPT")
     p.add_argument("--nproc", type=int, default=2)
@@ -168,14 +263,20 @@ def main(argv=None):
     unknown = [r for r in names if r not in ROWS]
     if unknown:
         sys.exit(f"error: unknown rows {unknown}; choose from {', '.join(ROWS)}")
+    if args.seeds < 1:
+        sys.exit("error: --seeds must be at least 1 (3 or more to tell orderings from noise)")
+    if "dense" not in names:
+        names.insert(0, "dense")
     os.makedirs(args.work, exist_ok=True)
     rows = []
     for name in names:
-        print(f"[report] {name} ...", flush=True)
-        rows.append(run_row(name, args=args, work=args.work))
-        print(f"[report] {name}: ppl {rows[-1]['ppl']:.3f}", flush=True)
-    if not any(r["kind"] == "dense" for r in rows):
-        rows.insert(0, run_row("dense", args=args, work=args.work))
+        trained = ROWS[name][0] in ("train", "retrained")
+        runs = []
+        for seed in range(args.seeds if trained else 1):
+            print(f"[report] {name}" + (f" seed {seed}" if trained else "") + " ...", flush=True)
+            runs.append(run_row(name, seed=seed, args=args, work=args.work))
+            print(f"[report] {name}" + (f" seed {seed}" if trained else "") + f": ppl {runs[-1]['ppl']:.4f}", flush=True)
+        rows.append(summarize(runs))
     text = write_report(rows, args, args.out)
     plot(rows, os.path.splitext(args.out)[0] + ".png")
     print(text)

@@ -168,18 +168,19 @@ def _build_student(cfg: TrainConfig, ds_cfg: dict, sparse, corpus: Corpus, dtype
     return engine, schedule, vocab
 
 
-def _attach_ref_losses(cfg: TrainConfig, updater, measure_teacher) -> None:
-    """Dynamic domain weights compare eval losses with per-domain references: given, or the teacher's
-    own, measured once and cached in the run folder."""
+def _attach_ref_losses(cfg: TrainConfig, updater, measure_reference) -> None:
+    """Dynamic domain weights compare eval losses with per-domain references: given, or measured once by
+    ``measure_reference`` (the teacher's, or in mode dense the starting model's) and cached in the run folder."""
     from ast_ds.data.domain_weights import load_or_measure_ref_losses
 
     if cfg.data.weights_mode != "dynamic":
         return
-    if measure_teacher is None and not cfg.data.ref_losses:
-        raise ValueError("data.weights_mode=dynamic without a teacher needs data.ref_losses (per-domain targets)")
+    if measure_reference is None and not cfg.data.ref_losses:
+        raise ValueError("data.weights_mode=dynamic without a teacher (distill.alpha 0) needs data.ref_losses (per-domain "
+                         "targets) or --data.weights_mode constant")
     updater.set_ref_losses(load_or_measure_ref_losses(
         given=cfg.data.ref_losses or None, cache_path=os.path.join(cfg.out_dir, "ref_losses.json"),
-        domains=updater.domains, measure=measure_teacher, write=collectives.is_rank_zero()))
+        domains=updater.domains, measure=measure_reference, write=collectives.is_rank_zero()))
 
 
 # ---------------------------------------------------------------------------------------------------- the story
@@ -214,7 +215,9 @@ def build(cfg: TrainConfig, *, ds_config_path: str) -> Run:
         return domain_eval_losses(model_engine, corpus, domains=loader.domains, micro_batch=cfg.micro_batch,
                                   max_batches=cfg.eval_batches)
 
-    _attach_ref_losses(cfg, updater, None if teacher.engine is None else lambda: evaluate(teacher.engine))
+    # the references of dynamic domain weights: the teacher's losses; a dense retraining's are its own start's
+    reference = teacher.engine if teacher.engine is not None else engine if cfg.mode == "dense" else None
+    _attach_ref_losses(cfg, updater, None if reference is None else lambda: evaluate(reference))
     counters = TrainCounters()
     meta = dict(sparse.meta, **{META_MODEL: model_fingerprint(cfg.model.path)})
     checkpoints = CheckpointManager(cfg.out_dir, engine=engine, meta=meta, keep_last=cfg.keep_last,

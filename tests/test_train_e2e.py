@@ -209,18 +209,23 @@ def test_cast_trains_dense_forward_and_exports_exact_2_4_with_scaling_folded(wor
 
 
 @pytest.mark.multiprocess
-def test_a_dense_zero2_run_consolidates(workspace, tmp_path):
+def test_a_dense_zero2_run_consolidates(workspace, runs, tmp_path):
     """ds_configs/zero2.json (dense runs) writes ZeRO-2 files; consolidation takes DeepSpeed's whole-model
-    stitching for them (ZeRO-3 checkpoints are streamed)."""
+    stitching for them (ZeRO-3 checkpoints are streamed). A dense run's dynamic domain weights take the
+    starting model's own eval losses as references: the numbers the AST run measured from the same model
+    as its teacher."""
     from transformers import AutoModelForCausalLM
 
     from ast_ds.checkpoint.consolidate import consolidate
 
     out = tmp_path / "dense"
-    args = train_args(workspace, out, "--mode", "dense", "--total_steps", "2", "--save_every", "0",
-                      "--data.weights_mode", "constant")
+    args = train_args(workspace, out, "--mode", "dense", "--total_steps", "2", "--save_every", "0")
     args[1] = os.path.join(ROOT, "ds_configs", "zero2.json")
     run_torchrun(TRAIN, 2, args)
+    refs, teacher_refs = (json.load(open(os.path.join(d, "ref_losses.json")))["ref_losses"] for d in (out, runs[0]))
+    assert sorted(refs) == sorted(teacher_refs) == ["arith", "code", "facts", "stories"]
+    assert all(refs[d] == pytest.approx(teacher_refs[d], rel=1e-5) for d in refs)
+    assert losses(out)[2][1] != ""  # the weights moved at step 2 (update_every 2)
     report = consolidate(str(out), str(tmp_path / "hf"), dtype="fp32")
     assert report["all_ok"] and report["num_targets"] == 0 and report["step"] == 2
     model = AutoModelForCausalLM.from_pretrained(tmp_path / "hf")
