@@ -163,11 +163,15 @@ def report(root: str, *, seq_len: int) -> dict:
     """Perplexity on the held-out eval split of every domain (documents never trained on, in the
     training format), token-weighted over domains, of every model of the demo; each relative to the
     dense model retrained with the same budget (what the training tokens alone buy). The dense teacher
-    must stay the best model: a retrained row below it would mean the teacher is under-trained and the
+    must stay the best model: any other row below it would mean the teacher is under-trained and the
     comparison says nothing about sparsity, so the demo then says so and exits 1."""
     from ast_ds.evaluate import perplexity
 
     test = os.path.join(root, "data")
+    missing = [folder for _, folder, _ in DEMO_ROWS if not os.path.isdir(os.path.join(root, folder))]
+    if missing:
+        raise SystemExit(f"error: {root} lacks {', '.join(missing)}; run the whole demo (bash launchers/demo.sh), "
+                         f"which builds every model of the table")
     ppl = {key: perplexity(os.path.join(root, folder), test, seq_len=seq_len, batch_size=16)["ppl"]
            for key, folder, _ in DEMO_ROWS}
     ref = ppl["dense_retrained"]

@@ -16,7 +16,10 @@ start over), so more seeds can be added later.
 
 The paper's orderings are checked with the noise in view: an ordering *holds* only when the gap of the
 means exceeds twice the pooled standard deviation of the two rows, is *reversed* when the opposite gap
-does, and is *not resolved* otherwise.
+does, and is *not resolved* otherwise (also whenever a trained row has a single run).
+
+``--out`` is rewritten on every run; text from the line ``<!-- notes: kept when the report is re-run -->``
+on (a hand-written discussion) is kept.
 """
 
 from __future__ import annotations
@@ -101,6 +104,10 @@ def _run(cmd: list[str], log: str) -> None:
         raise RuntimeError(f"{' '.join(cmd)} failed ({proc.returncode}); see {log}")
 
 
+# what a finished run in --work depends on: reusing it under other values would mix incomparable runs
+SETTINGS = ("model", "data", "eval", "recipe", "steps", "seq_len", "nsamples", "nproc", "ds_config")
+
+
 def _slug(name: str) -> str:
     return name.lower().replace(" ", "_").replace("-", "_")
 
@@ -111,12 +118,20 @@ def run_row(name: str, *, seed: int, args, work: str) -> dict:
     from ast_ds.evaluate import perplexity
 
     kind, flags = ROWS[name]
-    trained = kind in ("train", "retrained")
+    trained = _seeded(name)
     slug = _slug(name) + (f"_s{seed}" if trained else "")
     result_file = os.path.join(work, f"{slug}.json")
+    settings = {k: getattr(args, k) for k in SETTINGS}
     if os.path.isfile(result_file):
         with open(result_file) as f:
-            return json.load(f)
+            row = json.load(f)
+        changed = {k: (row["settings"].get(k), v) for k, v in settings.items()
+                   if "settings" in row and row["settings"].get(k) != v}
+        if changed:
+            what = ", ".join(f"{k}: {a!r} then, {b!r} now" for k, (a, b) in changed.items())
+            raise SystemExit(f"error: {result_file} was made with other settings ({what}); use another --work "
+                             f"folder or delete that one")
+        return row
     hf = os.path.join(work, f"{slug}_hf")
     log = os.path.join(work, f"{slug}.log")
     py = sys.executable
@@ -142,7 +157,7 @@ def run_row(name: str, *, seed: int, args, work: str) -> dict:
     rep = json.load(open(report_path)) if kind not in ("dense", "retrained") and os.path.isfile(report_path) else {}
     row = {"name": name, "kind": kind, "seed": seed if trained else None, "model": os.path.abspath(hf), "ppl": ppl,
            "exact_nm": bool(rep.get("all_ok")) if rep else None, "pure_nm": rep.get("pure_nm", bool(rep)),
-           "steps": args.steps if trained else 0}
+           "steps": args.steps if trained else 0, "settings": settings}
     write_json_atomic(result_file, row)
     return row
 
@@ -153,20 +168,27 @@ def summarize(runs: list[dict]) -> dict:
     mean, std = mean_std(ppls)
     first = runs[0]
     return {"name": first["name"], "kind": first["kind"], "ppls": ppls, "mean": mean, "std": std,
-            "seeds": [r["seed"] for r in runs if r["seed"] is not None],
+            "seeds": [r["seed"] for r in runs if r.get("seed") is not None],
             "exact_nm": all(r["exact_nm"] for r in runs) if first["exact_nm"] is not None else None,
             "pure_nm": all(r["pure_nm"] for r in runs)}
 
 
+def _seeded(name: str) -> bool:
+    return ROWS[name][0] in ("train", "retrained")
+
+
 def check_orderings(ppls: dict[str, list[float]]) -> list[tuple[str, str]]:
-    """(claim with the figures, verdict) for each of the paper's orderings whose rows were run."""
+    """(claim with the figures, verdict) for each of the paper's orderings whose rows were run. A trained
+    row with a single run has no measured spread, so no ordering involving it is resolved."""
     out = []
     for a, b in ORDERINGS:
         if a in ppls and b in ppls:
             (ma, sa), (mb, sb) = mean_std(ppls[a]), mean_std(ppls[b])
             claim = (f"{a} < {b} ({ma:.3f} ± {sa:.3f} vs {mb:.3f} ± {sb:.3f}; gap {mb - ma:+.3f}, "
                      f"2 × pooled std {2 * pooled_std(ppls[a], ppls[b]):.3f})")
-            out.append((claim, verdict(ppls[a], ppls[b])))
+            one_run = any(_seeded(n) and len(ppls[n]) < 2 for n in (a, b))
+            out.append((claim, "not resolved (one run of a trained row: no spread)" if one_run
+                        else verdict(ppls[a], ppls[b])))
     return out
 
 
@@ -185,7 +207,7 @@ def write_report(rows: list[dict], args, path: str) -> str:
     lines = [f"# Method comparison on `{args.model}`", "",
              f"Perplexity on `{args.eval}` (windows of {args.seq_len} tokens); trained rows: {tokens}, same data "
              f"(`{args.data}`, constant domain mix), {args.nproc} processes, ZeRO-3, {seeds} seeds each "
-             f"(mean ± sample std; one-shot and dense rows are deterministic). "
+             f"(mean ± sample std; the dense teacher and the one-shot rows are deterministic, one run). "
              f"Command: `python -m ast_ds.report {' '.join(sys.argv[1:])}`.", "",
              "*dense retrained* is the dense model trained with the same recipe, steps and data (mode dense, "
              "cross-entropy): what the token budget alone buys, and the reference of the ratio column.", "",
@@ -198,7 +220,8 @@ def write_report(rows: list[dict], args, path: str) -> str:
                      f"{r['mean'] - dense:+.3f} | {ratio} |")
     lines += ["", "## The paper's orderings", "",
               "An ordering holds only when the gap of the means exceeds twice the pooled standard deviation "
-              "of the two rows; reversed when the opposite gap does; not resolved otherwise.", ""]
+              "of the two rows' runs (a spread rule, stricter than a test on the means); reversed when the "
+              "opposite gap does; not resolved otherwise.", ""]
     for claim, v in check_orderings({r["name"]: r["ppls"] for r in rows}):
         lines.append(f"- {v if v == 'holds' else f'**{v}**'}: {claim}")
     text = "\n".join(lines) + "\n" + _kept_notes(path)
@@ -270,7 +293,7 @@ def main(argv=None):
     os.makedirs(args.work, exist_ok=True)
     rows = []
     for name in names:
-        trained = ROWS[name][0] in ("train", "retrained")
+        trained = _seeded(name)
         runs = []
         for seed in range(args.seeds if trained else 1):
             print(f"[report] {name}" + (f" seed {seed}" if trained else "") + " ...", flush=True)

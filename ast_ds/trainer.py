@@ -176,8 +176,8 @@ def _attach_ref_losses(cfg: TrainConfig, updater, measure_reference) -> None:
     if cfg.data.weights_mode != "dynamic":
         return
     if measure_reference is None and not cfg.data.ref_losses:
-        raise ValueError("data.weights_mode=dynamic without a teacher (distill.alpha 0) needs data.ref_losses (per-domain "
-                         "targets) or --data.weights_mode constant")
+        raise ValueError("data.weights_mode=dynamic without a teacher (distill.alpha 0, or mode lora) needs "
+                         "data.ref_losses (per-domain targets) or --data.weights_mode constant")
     updater.set_ref_losses(load_or_measure_ref_losses(
         given=cfg.data.ref_losses or None, cache_path=os.path.join(cfg.out_dir, "ref_losses.json"),
         domains=updater.domains, measure=measure_reference, write=collectives.is_rank_zero()))

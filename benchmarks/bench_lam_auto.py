@@ -44,7 +44,7 @@ def last_value(run: str, key: str) -> float | None:
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--root", default=os.path.join(ROOT, "runs", "demo"), help="the demo's folder")
-    ap.add_argument("--steps", type=int, default=300, help="the demo recipe's budget")
+    ap.add_argument("--steps", type=int, default=300, help="steps of every row (the demo recipe itself runs 100)")
     ap.add_argument("--flip_target", type=float, default=0.0, help="auto's target (0: Table 8 for the size)")
     ap.add_argument("--flip_band", type=float, default=0.25)
     ap.add_argument("--work", default="", help="where the runs go (default ROOT/lam_bench)")

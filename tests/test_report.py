@@ -3,7 +3,8 @@ import math
 
 import pytest
 
-from ast_ds.report import NOTES_MARKER, ROWS, check_orderings, mean_std, pooled_std, summarize, verdict, write_report
+from ast_ds.report import (NOTES_MARKER, ROWS, SETTINGS, check_orderings, mean_std, pooled_std, run_row, summarize,
+                           verdict, write_report)
 
 
 def test_mean_std_and_pooled_std_closed_forms():
@@ -65,3 +66,24 @@ def test_rerun_keeps_the_notes_below_the_marker(tmp_path):
     text = write_report(_summaries({"dense": [3.0], "magnitude": [8.0]}), args, str(path))
     assert "| magnitude | oneshot:magnitude | yes | 1 | 8.000 | +5.000 | n/a |" in text
     assert "9.000" not in text and text.count(NOTES_MARKER) == 1 and text.endswith("hand-written\n")
+
+
+def test_one_run_of_a_trained_row_resolves_nothing():
+    verdicts = dict(check_orderings({"AST-Naive": [2.0], "fixed mask": [2.5], "sparsegpt": [2.3], "magnitude": [2.9],
+                                     "wanda": [2.6]}))
+    assert all(v.startswith("not resolved (one run") for c, v in verdicts.items() if c.startswith("AST-Naive"))
+    assert verdicts[next(c for c in verdicts if c.startswith("sparsegpt < magnitude"))] == "holds"  # deterministic
+
+
+def test_a_finished_run_is_reused_only_under_the_same_settings(tmp_path):
+    import json
+
+    args = argparse.Namespace(**{k: f"v_{k}" for k in SETTINGS})
+    args.steps = 100
+    row = {"name": "AST-Naive", "kind": "train", "seed": 1, "ppl": 2.5, "exact_nm": True, "pure_nm": True,
+           "settings": {k: getattr(args, k) for k in SETTINGS}}
+    (tmp_path / "ast_naive_s1.json").write_text(json.dumps(row))
+    assert run_row("AST-Naive", seed=1, args=args, work=str(tmp_path))["ppl"] == 2.5
+    args.steps = 300
+    with pytest.raises(SystemExit, match="steps: 100 then, 300 now"):
+        run_row("AST-Naive", seed=1, args=args, work=str(tmp_path))
