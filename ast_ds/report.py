@@ -184,8 +184,8 @@ def check_orderings(ppls: dict[str, list[float]]) -> list[tuple[str, str]]:
     for a, b in ORDERINGS:
         if a in ppls and b in ppls:
             (ma, sa), (mb, sb) = mean_std(ppls[a]), mean_std(ppls[b])
-            claim = (f"{a} < {b} ({ma:.3f} ± {sa:.3f} vs {mb:.3f} ± {sb:.3f}; gap {mb - ma:+.3f}, "
-                     f"2 × pooled std {2 * pooled_std(ppls[a], ppls[b]):.3f})")
+            claim = (f"{a} < {b} ({ma:.4f} ± {sa:.4f} vs {mb:.4f} ± {sb:.4f}; gap {mb - ma:+.4f}, "
+                     f"2 × pooled std {2 * pooled_std(ppls[a], ppls[b]):.4f})")
             one_run = any(_seeded(n) and len(ppls[n]) < 2 for n in (a, b))
             out.append((claim, "not resolved (one run of a trained row: no spread)" if one_run
                         else verdict(ppls[a], ppls[b])))
@@ -214,7 +214,7 @@ def write_report(rows: list[dict], args, path: str) -> str:
              "| method | kind | exact N:M | runs | perplexity | vs dense | ÷ dense retrained |",
              "|---|---|---|---|---|---|---|"]
     for r in rows:
-        spread = f"{r['mean']:.3f} ± {r['std']:.3f}" if len(r["ppls"]) > 1 else f"{r['mean']:.3f}"
+        spread = f"{r['mean']:.4f} ± {r['std']:.4f}" if len(r["ppls"]) > 1 else f"{r['mean']:.4f}"
         ratio = f"{r['mean'] / ref:.3f}" if ref else "n/a"
         lines.append(f"| {r['name']} | {r['kind']} | {_nm_cell(r)} | {len(r['ppls'])} | {spread} | "
                      f"{r['mean'] - dense:+.3f} | {ratio} |")

@@ -49,10 +49,10 @@ def test_orderings_and_table(tmp_path):
     assert "AST-Naive < naive training" not in verdicts  # a row that was not run is not judged
     args = argparse.Namespace(model="m", eval="e.txt", seq_len=128, steps=10, recipe="demo", data="d", nproc=2)
     text = write_report(_summaries(ppls), args, str(tmp_path / "r.md"))
-    assert "| dense | dense | dense | 1 | 3.000 | +0.000 | 1.017 |" in text
-    assert "| dense retrained | retrained | dense | 3 | 2.950 ± 0.050 | -0.050 | 1.000 |" in text
-    assert "| AST-Boosted | train | N:M + SLoRB (not pure) | 3 | 3.420 ± 0.020 | +0.420 | 1.159 |" in text
-    assert "- **reversed**: AST-Naive < no KD (3.520 ± 0.020 vs 3.310 ± 0.010" in text
+    assert "| dense | dense | dense | 1 | 3.0000 | +0.000 | 1.017 |" in text
+    assert "| dense retrained | retrained | dense | 3 | 2.9500 ± 0.0500 | -0.050 | 1.000 |" in text
+    assert "| AST-Boosted | train | N:M + SLoRB (not pure) | 3 | 3.4200 ± 0.0200 | +0.420 | 1.159 |" in text
+    assert "- **reversed**: AST-Naive < no KD (3.5200 ± 0.0200 vs 3.3100 ± 0.0100" in text
     assert "- **not resolved**: AST-Naive < fixed mask" in text
     assert "- holds: AST-Boosted < AST-Naive" in text
     assert (tmp_path / "r.md").read_text() == text
@@ -64,8 +64,8 @@ def test_rerun_keeps_the_notes_below_the_marker(tmp_path):
     write_report(_summaries({"dense": [3.0], "magnitude": [9.0]}), args, str(path))
     path.write_text(path.read_text() + f"\n{NOTES_MARKER}\n## Reading this table\nhand-written\n")
     text = write_report(_summaries({"dense": [3.0], "magnitude": [8.0]}), args, str(path))
-    assert "| magnitude | oneshot:magnitude | yes | 1 | 8.000 | +5.000 | n/a |" in text
-    assert "9.000" not in text and text.count(NOTES_MARKER) == 1 and text.endswith("hand-written\n")
+    assert "| magnitude | oneshot:magnitude | yes | 1 | 8.0000 | +5.000 | n/a |" in text
+    assert "9.0000" not in text and text.count(NOTES_MARKER) == 1 and text.endswith("hand-written\n")
 
 
 def test_one_run_of_a_trained_row_resolves_nothing():
