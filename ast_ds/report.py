@@ -54,6 +54,12 @@ ROWS = {
 }
 assert all(f[1] in ABLATIONS for _, f in ROWS.values() if f[:1] == ["--ablation"]), "ROWS name an unknown ablation"
 REFERENCE = "dense retrained"  # the row the sparse rows are measured against
+DENSE_KINDS = ("dense", "retrained")  # rows without N:M weights
+SEEDED_KINDS = ("train", "retrained")  # rows that train, so run once per seed
+
+
+def _seeded(name: str) -> bool:
+    return ROWS[name][0] in SEEDED_KINDS
 
 # (better, worse): the paper's findings (Tables 1, 4 and 12), each "better has the lower perplexity"
 ORDERINGS = [
@@ -86,10 +92,10 @@ def verdict(better: list[float], worse: list[float], *, k: float = 2.0) -> str:
     means exceeds ``k`` pooled standard deviations, ``reversed`` when the opposite gap does, ``not
     resolved`` otherwise (a gap of exactly 0 is never resolved)."""
     gap = mean_std(worse)[0] - mean_std(better)[0]
-    s = pooled_std(better, worse)
-    if gap > k * s and gap > 0:
+    bound = k * pooled_std(better, worse)  # >= 0, so a gap of 0 passes neither test
+    if gap > bound:
         return "holds"
-    if -gap > k * s and gap < 0:
+    if -gap > bound:
         return "reversed"
     return "not resolved"
 
@@ -154,7 +160,7 @@ def run_row(name: str, *, seed: int, args, work: str) -> dict:
             _run([py, "launchers/consolidate.py", "--checkpoint", run, "--out", hf, "--dtype", "fp32"], log + ".export")
     ppl = perplexity(hf, args.eval, seq_len=args.seq_len, batch_size=8)["ppl"]
     report_path = os.path.join(hf, "sparsity_report.json")
-    rep = json.load(open(report_path)) if kind not in ("dense", "retrained") and os.path.isfile(report_path) else {}
+    rep = json.load(open(report_path)) if kind not in DENSE_KINDS and os.path.isfile(report_path) else {}
     row = {"name": name, "kind": kind, "seed": seed if trained else None, "model": os.path.abspath(hf), "ppl": ppl,
            "exact_nm": bool(rep.get("all_ok")) if rep else None, "pure_nm": rep.get("pure_nm", bool(rep)),
            "steps": args.steps if trained else 0, "settings": settings}
@@ -168,13 +174,8 @@ def summarize(runs: list[dict]) -> dict:
     mean, std = mean_std(ppls)
     first = runs[0]
     return {"name": first["name"], "kind": first["kind"], "ppls": ppls, "mean": mean, "std": std,
-            "seeds": [r["seed"] for r in runs if r.get("seed") is not None],
             "exact_nm": all(r["exact_nm"] for r in runs) if first["exact_nm"] is not None else None,
             "pure_nm": all(r["pure_nm"] for r in runs)}
-
-
-def _seeded(name: str) -> bool:
-    return ROWS[name][0] in ("train", "retrained")
 
 
 def check_orderings(ppls: dict[str, list[float]]) -> list[tuple[str, str]]:
@@ -193,7 +194,7 @@ def check_orderings(ppls: dict[str, list[float]]) -> list[tuple[str, str]]:
 
 
 def _nm_cell(r: dict) -> str:
-    if r["kind"] in ("dense", "retrained"):
+    if r["kind"] in DENSE_KINDS:
         return "dense"
     return "yes" if r["exact_nm"] and r["pure_nm"] else "N:M + SLoRB (not pure)" if r["exact_nm"] else "NO"
 
@@ -250,7 +251,7 @@ def plot(rows: list[dict], path: str) -> None:
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(10, 4))
-    colors = ["gray" if r["kind"] in ("dense", "retrained") else "tab:orange" if r["kind"].startswith("oneshot")
+    colors = ["gray" if r["kind"] in DENSE_KINDS else "tab:orange" if r["kind"].startswith("oneshot")
               else "tab:blue" for r in rows]
     ax.bar([r["name"] for r in rows], [r["mean"] for r in rows], yerr=[r["std"] for r in rows], capsize=3,
            color=colors)
@@ -296,9 +297,10 @@ def main(argv=None):
         trained = _seeded(name)
         runs = []
         for seed in range(args.seeds if trained else 1):
-            print(f"[report] {name}" + (f" seed {seed}" if trained else "") + " ...", flush=True)
+            label = f"[report] {name}" + (f" seed {seed}" if trained else "")
+            print(f"{label} ...", flush=True)
             runs.append(run_row(name, seed=seed, args=args, work=args.work))
-            print(f"[report] {name}" + (f" seed {seed}" if trained else "") + f": ppl {runs[-1]['ppl']:.4f}", flush=True)
+            print(f"{label}: ppl {runs[-1]['ppl']:.4f}", flush=True)
         rows.append(summarize(runs))
     text = write_report(rows, args, args.out)
     plot(rows, os.path.splitext(args.out)[0] + ".png")
